@@ -1,0 +1,1 @@
+//! The node configuration (work in progress).

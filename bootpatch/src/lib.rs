@@ -1,0 +1,6 @@
+//! bootpatch: the node patch engine. Brings a node to the latest patch
+//! release of its pinned OS stream, reboots only when required and allowed,
+//! and records what it did in a small state file. It must stay tiny and
+//! synchronous: no async runtime, no HTTP stack.
+
+pub mod config;

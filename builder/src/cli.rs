@@ -1,0 +1,93 @@
+//! Command-line arguments of the `builder` binary. Only argument shapes live
+//! here; each subcommand's behaviour lives in its own module.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "builder", version, about = "Build, verify and boot node images; render cloud-init user-data")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build an image from a spec (default: images/debian-12.yaml)
+    Build(BuildArgs),
+    /// Re-hash every artifact of a build against its manifest
+    Verify(VerifyArgs),
+    /// Boot a disk image under QEMU with the serial console captured
+    Boot(BootArgs),
+    /// Render cloud-init user-data for a cloud provider
+    Render(RenderArgs),
+    /// Make a NoCloud `cidata` seed volume
+    Seed(SeedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Image spec (YAML)
+    pub spec: Option<PathBuf>,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Comma-separated list of outputs (raw,qcow2,vhd,ova,gcp)
+    #[arg(long, value_delimiter = ',')]
+    pub formats: Option<Vec<String>>,
+    /// Rebuild from packages.lock and the local package cache, without network
+    #[arg(long)]
+    pub locked: bool,
+    #[arg(long)]
+    pub quiet: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    pub disk: PathBuf,
+    #[arg(long)]
+    pub seed: Option<PathBuf>,
+    #[arg(long = "disk")]
+    pub extra_disks: Vec<PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub serial: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    #[arg(long)]
+    pub provider: String,
+    #[arg(long)]
+    pub values: Option<PathBuf>,
+    /// key=value, may be repeated
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub bootpatch_url: Option<String>,
+    #[arg(long)]
+    pub bootpatch_sha256: Option<String>,
+    #[arg(long)]
+    pub embed_bootpatch: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    #[arg(long)]
+    pub user_data: PathBuf,
+    #[arg(long)]
+    pub meta_data: Option<PathBuf>,
+    #[arg(long)]
+    pub network_config: Option<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+}

@@ -1,0 +1,12 @@
+//! The CI-side tool: image specs, root file systems, disk assembly, output
+//! formats, manifests and user-data rendering. Nothing here runs on a node.
+//!
+//! Each subcommand of the `builder` binary lives in its own module and is
+//! entered through a `run` function taking the parsed arguments from [`cli`].
+
+pub mod boot;
+pub mod build;
+pub mod cli;
+pub mod render;
+pub mod seed;
+pub mod verify;
