@@ -4,3 +4,6 @@
 //! synchronous: no async runtime, no HTTP stack.
 
 pub mod config;
+pub mod cron;
+pub mod duration;
+pub mod time;
