@@ -75,13 +75,16 @@ pub const EMBEDDED_PATH: &str = "/usr/local/lib/bootpatch/bootpatch.embedded";
 
 impl BootpatchSource {
     pub fn url(url: &str, sha256: &str) -> Result<Self, RenderError> {
-        let scheme = url.starts_with("https://") || url.starts_with("http://");
+        // file:// serves a binary on an attached disk (and the tests).
+        let scheme = ["https://", "http://", "file:///"]
+            .iter()
+            .any(|p| url.starts_with(p));
         if !scheme
             || url.len() <= "http://".len()
             || url.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(RenderError::Bootpatch(format!(
-                "--bootpatch-url {url:?} is not an http(s) URL"
+                "--bootpatch-url {url:?} is not an http(s):// or file:/// URL"
             )));
         }
         Ok(BootpatchSource::Url {

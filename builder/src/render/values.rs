@@ -16,49 +16,49 @@ use super::RenderError;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Values {
     /// bootpatch: patch the node on its first boot (bootpatch's default: true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub patch_on_boot: Option<bool>,
     /// bootpatch: reboot when a patch requires it (bootpatch's default: false).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reboot_if_required: Option<bool>,
     /// bootpatch: five-field cron schedule for later patch runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schedule: Option<String>,
     /// bootpatch: extra package sources, each with its signing key.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub sources: Vec<Source>,
     /// bootpatch: `add` (default) or `only`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sources_mode: Option<SourcesMode>,
     /// bootpatch: e.g. `10m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub lock_wait_timeout: Option<String>,
     /// bootpatch: e.g. `15m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub retry_deadline: Option<String>,
     /// bootpatch: argv of the reboot command, no shell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reboot_command: Option<Vec<String>>,
     /// Proxy for apt (and for the bootpatch download on stock images).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub http_proxy: Option<String>,
     /// Proxy for https URLs; defaults to `httpProxy`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub https_proxy: Option<String>,
     /// Comma-separated hosts that bypass the proxy (the download only; apt
     /// has no such list).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub no_proxy: Option<String>,
     /// Host name; with dots it is the FQDN and its first label the host name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hostname: Option<String>,
     /// Public keys for the image's default user.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
     /// The command that joins the node to its cluster, run once after the
     /// first-boot patch: a list is argv (no shell), a string is a shell
     /// command line run by `sh -c`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub join_command: Option<JoinCommand>,
 }
 
@@ -181,17 +181,11 @@ impl Values {
         let values: Values = serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            // An unknown key's path is its parent; name the key itself.
+            // The path of an unknown key ends in that key; at the top level
+            // serde_path_to_error says ".", so name the key from the message.
             let key = match inner.strip_prefix("unknown field `") {
-                Some(rest) => {
-                    let field = rest.split('`').next().unwrap_or_default();
-                    if path == "." {
-                        field.to_string()
-                    } else {
-                        format!("{path}.{field}")
-                    }
-                }
-                None => path,
+                Some(rest) if path == "." => rest.split('`').next().unwrap_or_default().to_string(),
+                _ => path,
             };
             invalid(key, inner)
         })?;
