@@ -1,0 +1,316 @@
+//! kube-testserver: test infrastructure, not a Kubernetes server. An in-memory API server over
+//! real HTTP that speaks the part of the Kubernetes API the project's updater and `kubectl
+//! drain` use: discovery, CRUD with optimistic concurrency, label/field selectors, watches,
+//! the three patch formats, graceful pod deletion, eviction with PodDisruptionBudgets, and small
+//! controllers (scheduler, kubelet, ReplicaSet/Deployment, DaemonSet, disruption) so that a
+//! drain migrates pods as a real cluster would.
+//!
+//! ```no_run
+//! use kube_testserver::{fixtures, Options, TestServer};
+//! let server = TestServer::start(Options::default()).unwrap();
+//! server.add_nodes("node", 3);
+//! server.apply(fixtures::deployment("default", "web", 3)).unwrap();
+//! server.write_kubeconfig("/tmp/kubeconfig").unwrap();
+//! // kubectl --kubeconfig /tmp/kubeconfig drain node-1 ...
+//! ```
+
+pub mod controllers;
+pub mod fixtures;
+pub mod patch;
+pub mod resources;
+pub mod selectors;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod util;
+
+use anyhow::Context as _;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use resources::ResourceDef;
+pub use status::ApiError;
+pub use store::{Filter, Store, StoreOptions};
+
+/// How to start a test server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How long a scheduled pod takes to become Running and Ready.
+    pub pod_start_delay: Duration,
+    /// How often the controllers run.
+    pub controller_interval: Duration,
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// Events kept for watches resuming from a resourceVersion (older ones get 410 Gone).
+    pub history_size: usize,
+    /// Worker threads of the server's own runtime.
+    pub worker_threads: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pod_start_delay: Duration::from_millis(500),
+            controller_interval: Duration::from_millis(25),
+            bookmark_interval: Duration::from_secs(10),
+            history_size: 10_000,
+            worker_threads: 2,
+        }
+    }
+}
+
+/// State shared by the HTTP handlers, the controllers and the library handle.
+pub struct Shared {
+    store: Mutex<Store>,
+    pub bookmark_interval: Duration,
+}
+
+impl Shared {
+    /// Locks the store. A panic while holding the lock poisons nothing we rely on: the store is
+    /// still consistent between verbs, so the poison is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running test server. Dropping it shuts it down.
+pub struct TestServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl TestServer {
+    /// Starts a server on its own thread and runtime (usable from sync and async tests).
+    pub fn start(opts: Options) -> anyhow::Result<Self> {
+        let std_listener = std::net::TcpListener::bind(opts.listen)
+            .with_context(|| format!("binding {}", opts.listen))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::new(StoreOptions {
+                pod_start_delay: opts.pod_start_delay,
+                history_size: opts.history_size,
+                ..StoreOptions::default()
+            })),
+            bookmark_interval: opts.bookmark_interval,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.worker_threads.max(1))
+            .thread_name("kube-testserver")
+            .enable_all()
+            .build()
+            .context("building the server runtime")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let sh = shared.clone();
+        let interval = opts.controller_interval;
+        let thread = std::thread::Builder::new()
+            .name("kube-testserver".into())
+            .spawn(move || {
+                runtime.block_on(run(std_listener, sh, rx, interval));
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
+            .context("spawning the server thread")?;
+        Ok(Self {
+            addr,
+            shared,
+            shutdown: tx,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig that points kubectl (or kube-rs) at this server, plain HTTP, no auth.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-testserver\n  cluster:\n    server: {}\ncontexts:\n- name: kube-testserver\n  context:\n    cluster: kube-testserver\n    user: tester\n    namespace: default\ncurrent-context: kube-testserver\nusers:\n- name: tester\n  user: {{}}\npreferences: {{}}\n",
+            self.url()
+        )
+    }
+
+    pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> anyhow::Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.kubeconfig())
+            .with_context(|| format!("writing kubeconfig {}", path.display()))
+    }
+
+    /// Runs a function on the store under its lock (for checks and custom seeding).
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        f(&mut self.shared.lock())
+    }
+
+    /// Creates an object; its type comes from `apiVersion` and `kind`.
+    pub fn apply(&self, obj: Value) -> Result<Value, ApiError> {
+        let def = resources::by_kind(util::str_at(&obj, "apiVersion"), util::str_at(&obj, "kind"))
+            .ok_or_else(|| ApiError::bad_request("unknown apiVersion/kind"))?;
+        let ns = match util::str_at(&obj, "metadata.namespace") {
+            "" => "default".to_string(),
+            n => n.to_string(),
+        };
+        self.shared
+            .lock()
+            .create(def, &ns, obj, false)
+            .map(|o| (*o).clone())
+    }
+
+    /// One object, if it exists.
+    pub fn get(&self, def: &ResourceDef, ns: &str, name: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .get(def, ns, name)
+            .ok()
+            .map(|o| (*o).clone())
+    }
+
+    /// All objects of a type, optionally in one namespace.
+    pub fn list(&self, def: &ResourceDef, ns: Option<&str>) -> Vec<Value> {
+        let filter = Filter {
+            namespace: ns.map(str::to_string),
+            ..Filter::default()
+        };
+        self.shared
+            .lock()
+            .list(def, &filter)
+            .into_iter()
+            .map(|o| (*o).clone())
+            .collect()
+    }
+
+    /// Pods bound to a node, terminating ones included.
+    pub fn pods_on_node(&self, node: &str) -> Vec<Value> {
+        let store = self.shared.lock();
+        store
+            .pods_on_node(node)
+            .into_iter()
+            .filter_map(|(ns, n)| {
+                store
+                    .get_obj(&resources::PODS, &ns, &n)
+                    .map(|o| (**o).clone())
+            })
+            .collect()
+    }
+
+    /// Adds a Ready node.
+    pub fn add_node(&self, name: &str) -> Result<Value, ApiError> {
+        self.apply(fixtures::node(name))
+    }
+
+    /// Adds `count` Ready nodes named `<prefix>-1` .. `<prefix>-<count>`.
+    pub fn add_nodes(&self, prefix: &str, count: usize) -> Vec<String> {
+        (1..=count)
+            .map(|i| {
+                let name = format!("{prefix}-{i}");
+                self.add_node(&name).expect("fresh node name");
+                name
+            })
+            .collect()
+    }
+
+    /// Simulates a node reboot: NotReady (pods lose readiness) for `down`, then Ready, and its
+    /// pods become Ready again after the start delay. False if the node does not exist.
+    pub fn simulate_node_reboot(&self, node: &str, down: Duration) -> bool {
+        controllers::reboot_node(&mut self.shared.lock(), node, down)
+    }
+
+    /// Polls `cond` on the store every 20 ms until it holds or `timeout` passes.
+    pub fn wait_until(&self, timeout: Duration, mut cond: impl FnMut(&Store) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if cond(&self.shared.lock()) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops serving, ends watches and joins the server thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serves until shutdown: the accept loop and the controller loop.
+async fn run(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    interval: Duration,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kube-testserver: listener: {e}");
+            return;
+        }
+    };
+    let sh = shared.clone();
+    let controllers = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            controllers::tick(&mut sh.lock(), Instant::now());
+        }
+    });
+    loop {
+        tokio::select! {
+            acc = listener.accept() => {
+                let Ok((stream, _)) = acc else { continue };
+                let _ = stream.set_nodelay(true);
+                let sh = shared.clone();
+                let sd = shutdown.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        server::handle(req, sh.clone(), sd.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    controllers.abort();
+}

@@ -1,0 +1,294 @@
+//! The catalog of resource types this server serves and the discovery documents kubectl and
+//! kube-rs read (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`). It owns names and
+//! shapes only; storage and behaviour live elsewhere.
+
+use serde_json::{json, Value};
+
+/// One served resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResourceDef {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// Whether the type has a `/status` subresource (status is ignored on main updates).
+    pub has_status: bool,
+}
+
+impl ResourceDef {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `pods` or `deployments.apps`, as error messages name a resource.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
+macro_rules! def {
+    ($g:expr, $v:expr, $p:expr, $s:expr, $k:expr, $ns:expr, $short:expr, $st:expr) => {
+        ResourceDef {
+            group: $g,
+            version: $v,
+            plural: $p,
+            singular: $s,
+            kind: $k,
+            namespaced: $ns,
+            short_names: $short,
+            has_status: $st,
+        }
+    };
+}
+
+pub const NAMESPACES: ResourceDef = def!(
+    "",
+    "v1",
+    "namespaces",
+    "namespace",
+    "Namespace",
+    false,
+    &["ns"],
+    true
+);
+pub const NODES: ResourceDef = def!("", "v1", "nodes", "node", "Node", false, &["no"], true);
+pub const PODS: ResourceDef = def!("", "v1", "pods", "pod", "Pod", true, &["po"], true);
+pub const CONFIGMAPS: ResourceDef = def!(
+    "",
+    "v1",
+    "configmaps",
+    "configmap",
+    "ConfigMap",
+    true,
+    &["cm"],
+    false
+);
+pub const EVENTS: ResourceDef = def!("", "v1", "events", "event", "Event", true, &["ev"], false);
+pub const LEASES: ResourceDef = def!(
+    "coordination.k8s.io",
+    "v1",
+    "leases",
+    "lease",
+    "Lease",
+    true,
+    &[],
+    false
+);
+pub const DAEMONSETS: ResourceDef = def!(
+    "apps",
+    "v1",
+    "daemonsets",
+    "daemonset",
+    "DaemonSet",
+    true,
+    &["ds"],
+    true
+);
+pub const REPLICASETS: ResourceDef = def!(
+    "apps",
+    "v1",
+    "replicasets",
+    "replicaset",
+    "ReplicaSet",
+    true,
+    &["rs"],
+    true
+);
+pub const DEPLOYMENTS: ResourceDef = def!(
+    "apps",
+    "v1",
+    "deployments",
+    "deployment",
+    "Deployment",
+    true,
+    &["deploy"],
+    true
+);
+pub const PDBS: ResourceDef = def!(
+    "policy",
+    "v1",
+    "poddisruptionbudgets",
+    "poddisruptionbudget",
+    "PodDisruptionBudget",
+    true,
+    &["pdb"],
+    true
+);
+
+/// Every served type, in a fixed order (the index is the type's id).
+pub const ALL: [ResourceDef; 10] = [
+    NAMESPACES,
+    NODES,
+    PODS,
+    CONFIGMAPS,
+    EVENTS,
+    LEASES,
+    DAEMONSETS,
+    REPLICASETS,
+    DEPLOYMENTS,
+    PDBS,
+];
+
+/// Index of a type in [`ALL`].
+pub fn id(def: &ResourceDef) -> usize {
+    ALL.iter()
+        .position(|d| d == def)
+        .expect("only catalog types are used")
+}
+
+/// Finds a type by group, version and plural name.
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
+    ALL.iter()
+        .find(|d| d.group == group && d.version == version && d.plural == plural)
+}
+
+/// Finds a type by its `apiVersion` and `kind`.
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceDef> {
+    ALL.iter()
+        .find(|d| d.kind == kind && d.api_version() == api_version)
+}
+
+const GROUPS: [(&str, &str); 3] = [
+    ("apps", "v1"),
+    ("coordination.k8s.io", "v1"),
+    ("policy", "v1"),
+];
+
+/// `GET /api`.
+pub fn api_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]
+    })
+}
+
+fn group_doc(name: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{name}/{version}"), "version": version});
+    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+/// `GET /apis`.
+pub fn api_group_list() -> Value {
+    json!({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": GROUPS.iter().map(|(g, v)| group_doc(g, v)).collect::<Vec<_>>()
+    })
+}
+
+/// `GET /apis/<group>`.
+pub fn api_group(group: &str) -> Option<Value> {
+    GROUPS.iter().find(|(g, _)| *g == group).map(|(g, v)| {
+        let mut d = group_doc(g, v);
+        d["kind"] = json!("APIGroup");
+        d["apiVersion"] = json!("v1");
+        d
+    })
+}
+
+fn verbs() -> Value {
+    json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ])
+}
+
+/// `GET /api/v1` or `GET /apis/<group>/<version>`.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    if !(GROUPS.contains(&(group, version)) || group.is_empty() && version == "v1") {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for d in ALL
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+    {
+        let mut r = json!({
+            "name": d.plural,
+            "singularName": d.singular,
+            "namespaced": d.namespaced,
+            "kind": d.kind,
+            "verbs": verbs(),
+        });
+        if !d.short_names.is_empty() {
+            r["shortNames"] = json!(d.short_names);
+        }
+        if matches!(
+            d.plural,
+            "pods" | "daemonsets" | "replicasets" | "deployments"
+        ) {
+            r["categories"] = json!(["all"]);
+        }
+        resources.push(r);
+        if d.has_status {
+            resources.push(json!({
+                "name": format!("{}/status", d.plural),
+                "singularName": "",
+                "namespaced": d.namespaced,
+                "kind": d.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if d.plural == "pods" {
+            resources.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+        }
+    }
+    Some(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": resources,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_lists_eviction() {
+        let v1 = resource_list("", "v1").unwrap();
+        let names: Vec<&str> = v1["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"pods/eviction"));
+        assert!(resource_list("policy", "v1").is_some());
+        assert!(resource_list("nope", "v1").is_none());
+        assert_eq!(by_kind("apps/v1", "Deployment"), Some(&DEPLOYMENTS));
+    }
+}
