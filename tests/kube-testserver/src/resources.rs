@@ -273,6 +273,72 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
+/// `GET /openapi/v3`: the index of per-group-version documents.
+pub fn openapi_v3_root() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs = vec![("", "v1")];
+    gvs.extend(GROUPS.iter().copied());
+    for (g, v) in gvs {
+        let p = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        let url = format!("/openapi/v3/{p}?hash=0");
+        paths.insert(p, json!({ "serverRelativeURL": url }));
+    }
+    json!({ "paths": paths })
+}
+
+/// `GET /openapi/v3/api/v1` or `/openapi/v3/apis/<group>/<version>`: operations only (no
+/// schemas), enough for kubectl to see that the server takes `fieldValidation` and to fall back
+/// to its built-in types for patch computation.
+pub fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
+    resource_list(group, version)?;
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    let param = json!([
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}
+    ]);
+    for d in ALL
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+    {
+        let gvk = json!({"group": d.group, "version": d.version, "kind": d.kind});
+        let op = |id: &str| {
+            json!({
+                "operationId": format!("{id}{}", d.kind),
+                "parameters": param,
+                "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": id,
+                "x-kubernetes-group-version-kind": gvk,
+            })
+        };
+        let base = if d.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", d.plural)
+        } else {
+            format!("{prefix}/{}", d.plural)
+        };
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({"patch": op("patch"), "put": op("put")}),
+        );
+        paths.insert(base, json!({ "post": op("post") }));
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (kube-testserver)", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,6 +209,13 @@ fn route(
                 .map(|v| json_resp(200, &v))
                 .ok_or_else(ApiError::not_found_path)
         }
+        ["openapi", "v3"] => Ok(json_resp(200, &resources::openapi_v3_root())),
+        ["openapi", "v3", "api", v] => resources::openapi_v3_gv("", v)
+            .map(|d| json_resp(200, &d))
+            .ok_or_else(ApiError::not_found_path),
+        ["openapi", "v3", "apis", g, v] => resources::openapi_v3_gv(g, v)
+            .map(|d| json_resp(200, &d))
+            .ok_or_else(ApiError::not_found_path),
         ["api", "v1", rest @ ..] => resource(&r, "", "v1", rest, shared, shutdown),
         ["apis", g, v, rest @ ..] => resource(&r, g, v, rest, shared, shutdown),
         _ => Err(ApiError::not_found_path()),
