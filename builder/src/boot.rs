@@ -1,7 +1,161 @@
-//! `builder boot` (not built yet).
+//! `builder boot DISK`: boots an image under QEMU (TCG, OVMF UEFI firmware)
+//! with the serial console captured, until the guest powers off, the
+//! `--until` text shows on the console, or the timeout passes. The disk is
+//! opened with `snapshot=on`: booting never changes a built artifact.
 
 use crate::cli::BootArgs;
+use crate::cmd;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-pub fn run(_args: BootArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("builder boot is not built yet")
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    PoweredOff,
+    MarkerSeen,
+    TimedOut,
+}
+
+/// The QEMU block format for a disk file, from its name.
+pub fn drive_format(p: &Path) -> Result<&'static str> {
+    let name = p.to_string_lossy();
+    Ok(match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "qcow2" => "qcow2",
+        "vhd" => "vpc",
+        "vmdk" => "vmdk",
+        "ova" | "gz" | "tar" => bail!("{name} is an archive; boot the disk inside it (or disk.raw)"),
+        _ => "raw",
+    })
+}
+
+pub fn run(a: BootArgs) -> Result<i32> {
+    let to_stdout = a.serial.is_none();
+    match boot(&a, to_stdout)? {
+        Outcome::PoweredOff => {
+            eprintln!("builder boot: the guest powered off");
+            Ok(0)
+        }
+        Outcome::MarkerSeen => {
+            eprintln!("builder boot: {:?} seen on the serial console", a.until.as_deref().unwrap_or(""));
+            Ok(0)
+        }
+        Outcome::TimedOut => {
+            eprintln!("builder boot: timed out after {} s", a.timeout);
+            Ok(124)
+        }
+    }
+}
+
+/// Boots and waits; `echo` copies the serial console to stdout as it comes.
+pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
+    cmd::require("qemu-system-x86_64", "qemu-system-x86 (scripts/deps/builder.sh)")?;
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).exists() {
+            bail!("{f} not found: install ovmf (scripts/deps/builder.sh)");
+        }
+    }
+    if !a.disk.exists() {
+        bail!("{} does not exist", a.disk.display());
+    }
+    let scratch = tempfile::tempdir().context("making a scratch folder")?;
+    let vars = scratch.path().join("OVMF_VARS.fd");
+    fs::copy(OVMF_VARS, &vars).context("copying the OVMF variable store")?;
+    let serial: PathBuf = a.serial.clone().unwrap_or_else(|| scratch.path().join("serial.log"));
+    fs::write(&serial, b"").with_context(|| format!("creating {}", serial.display()))?;
+
+    let mut q = Command::new("qemu-system-x86_64");
+    q.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &a.memory.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-nic", "none"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    let fmt = drive_format(&a.disk)?;
+    let extra_opt = if fmt == "vpc" { ",force_size_calc=current_size" } else { "" };
+    q.arg("-drive").arg(format!(
+        "file={},format={fmt}{extra_opt},if=virtio,snapshot=on",
+        a.disk.display()
+    ));
+    if let Some(seed) = &a.seed {
+        q.arg("-drive").arg(format!("file={},format=raw,if=virtio,readonly=on", seed.display()));
+    }
+    for d in &a.extra_disks {
+        q.arg("-drive").arg(format!("file={},format={},if=virtio", d.display(), drive_format(d)?));
+    }
+    q.args(["-chardev", &format!("file,id=ser0,path={}", serial.display())])
+        .args(["-serial", "chardev:ser0"])
+        .args(["-device", "virtio-rng-pci"]);
+    let line = cmd::display(&q);
+    let mut child = q
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {line}"))?;
+
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let mut log = fs::File::open(&serial)?;
+    let mut pos = 0u64;
+    let mut window = String::new();
+    let mut out = std::io::stdout();
+    let outcome = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        log.seek(SeekFrom::Start(pos))?;
+        let mut fresh = Vec::new();
+        log.read_to_end(&mut fresh)?;
+        pos += fresh.len() as u64;
+        if !fresh.is_empty() {
+            if echo {
+                let _ = out.write_all(&fresh);
+                let _ = out.flush();
+            }
+            window.push_str(&String::from_utf8_lossy(&fresh));
+            if let Some(m) = &a.until {
+                if window.contains(m.as_str()) {
+                    break Outcome::MarkerSeen;
+                }
+            }
+            if window.len() > 1 << 20 {
+                window = cmd::tail(&window, 64 << 10).to_string();
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("QEMU failed ({status}): {line}\n--- stderr ---\n{}", cmd::tail(&err, 4000));
+            }
+            break Outcome::PoweredOff;
+        }
+        if Instant::now() >= deadline {
+            break Outcome::TimedOut;
+        }
+    };
+    if outcome != Outcome::PoweredOff {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_by_name() {
+        assert_eq!(drive_format(Path::new("out/d/disk.qcow2")).unwrap(), "qcow2");
+        assert_eq!(drive_format(Path::new("disk.vhd")).unwrap(), "vpc");
+        assert_eq!(drive_format(Path::new("disk.raw")).unwrap(), "raw");
+        assert!(drive_format(Path::new("disk.ova")).is_err());
+    }
 }

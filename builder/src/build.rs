@@ -1,7 +1,371 @@
-//! `builder build` (not built yet).
+//! `builder build [SPEC] [--out DIR] [--formats LIST] [--locked]`: the whole
+//! image build as named steps. Output appears whole or not at all: every
+//! artifact is made in a hidden sibling folder that is renamed into place at
+//! the end; a failed step names itself, the failing command and its stderr.
 
 use crate::cli::BuildArgs;
+use crate::disk::{self, Layout};
+use crate::formats::{self, Artifact};
+use crate::lock::{self, Lock};
+use crate::manifest::{self, Manifest};
+use crate::progress::{Mode, Progress};
+use crate::rootfs::{self, Origin};
+use crate::spec::{self, Format};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-pub fn run(_args: BuildArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("builder build is not built yet")
+/// A path in the repository: relative to the working directory when it
+/// exists there, else relative to the source tree the builder was built from.
+pub fn repo_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+pub fn run(args: BuildArgs) -> Result<i32> {
+    let mode = if args.json {
+        Mode::Json
+    } else if args.quiet {
+        Mode::Quiet
+    } else {
+        Mode::Human
+    };
+    let p = Progress::new(mode);
+    match build(&args, &p) {
+        Ok(done) => {
+            match mode {
+                Mode::Json => p.json(json!({
+                    "event": "done",
+                    "out": done.out_dir,
+                    "seconds": p.elapsed().as_secs_f64(),
+                    "artifacts": done.manifest.artifacts,
+                })),
+                Mode::Human => {
+                    eprintln!(
+                        "built {} in {:.1}s → {}",
+                        done.manifest.image,
+                        p.elapsed().as_secs_f64(),
+                        done.out_dir.display()
+                    );
+                    for a in &done.manifest.artifacts {
+                        eprintln!("  {:<12} {:>14} bytes  {}", a.file, a.size, a.sha256);
+                    }
+                }
+                Mode::Quiet => {}
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if mode == Mode::Json {
+                p.json(json!({"event": "failed", "error": format!("{e:#}")}));
+            }
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Built {
+    pub out_dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Removes a folder tree when dropped (scratch and partial output).
+struct Cleanup(Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn pid_alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid).exists()
+}
+
+/// Removes leftovers of builds that were killed (their pid is gone).
+fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(prefix) {
+            if !pid_alive(pid) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
+    let pid = std::process::id();
+    // ---- spec and inputs: everything checked before anything is written.
+    let (loaded, formats, lock_in, sources, epoch, out_dir) = p.step("spec", || {
+        let spec_path = args.spec.clone().unwrap_or_else(|| repo_path(spec::DEFAULT_SPEC));
+        let mut loaded = spec::load(&spec_path)?;
+        if let Some(why) = &loaded.spec.not_built_here {
+            bail!("{}: this stream is not built here: {why}", loaded.path);
+        }
+        if let Some(list) = &args.formats {
+            loaded.spec.outputs = list.iter().map(|f| Format::parse(f)).collect::<Result<_>>()?;
+            spec::validate(&loaded.spec).with_context(|| format!("{}: with --formats", loaded.path))?;
+        }
+        let formats = loaded.spec.outputs.clone();
+        let out_dir = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("out").join(&loaded.spec.name));
+        let lock_in = if args.locked {
+            let lp = args.lock.clone().unwrap_or_else(|| out_dir.join(lock::FILE_NAME));
+            let l = Lock::load(&lp).context("--locked needs the packages.lock of an earlier build")?;
+            if l.image != loaded.spec.name || l.suite != loaded.spec.os.suite {
+                bail!(
+                    "{} was made for {} ({}), not {} ({})",
+                    lp.display(),
+                    l.image,
+                    l.suite,
+                    loaded.spec.name,
+                    loaded.spec.os.suite
+                );
+            }
+            Some(l)
+        } else {
+            None
+        };
+        let sources = match &lock_in {
+            Some(l) => l.sources.clone(),
+            None => {
+                let host = crate::hostapt::read_host(Path::new("/"));
+                rootfs::resolve_sources(&loaded.spec, &host)?
+            }
+        };
+        let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+            Err(_) => lock_in.as_ref().map(|l| l.source_date_epoch).unwrap_or_else(now),
+        };
+        Ok((loaded, formats, lock_in, sources, epoch, out_dir))
+    })?;
+    let spec = &loaded.spec;
+    let name = spec.name.clone();
+    let cache = args.cache.clone().unwrap_or_else(lock::default_cache).join("debs");
+
+    let parent = out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let partial_prefix = format!(".{name}.partial-");
+    remove_stale(&parent, &partial_prefix);
+    let staging = parent.join(format!("{partial_prefix}{pid}"));
+    fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let mut staging_guard = Cleanup(Some(staging.clone()));
+
+    let work_base = args.workdir.clone().unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    remove_stale(&work_base, "bootpatch-builder-");
+    let work = work_base.join(format!("bootpatch-builder-{pid}"));
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let _work_guard = Cleanup(Some(work.clone()));
+    let root = work.join("root");
+
+    // ---- bootpatch binary
+    let bootpatch_bin = p.step("bootpatch binary", || match &args.bootpatch {
+        Some(b) => Ok(b.clone()),
+        None => {
+            let script = repo_path("scripts/build-bootpatch");
+            let out = crate::cmd::run(&mut std::process::Command::new(&script))?;
+            Ok(PathBuf::from(out.trim()))
+        }
+    })?;
+
+    // ---- root file system
+    p.step("root file system (mmdebstrap)", || {
+        match &lock_in {
+            None => rootfs::mmdebstrap(spec, &sources, &Origin::Network { cache: &cache }, &root, epoch, p),
+            Some(l) => {
+                let repo = work.join("repo");
+                p.status("checking the package cache against packages.lock");
+                lock::make_local_repo(l, &cache, &repo)?;
+                rootfs::mmdebstrap(spec, &sources, &Origin::Locked { repo: &repo }, &root, epoch, p)
+            }
+        }
+    })?;
+
+    let layout = Layout::new(&name, spec.disk.size.0, spec.disk.esp_size.0);
+
+    // ---- node files, lock, hygiene
+    let (lock_out, point_release, kernel, root_paths) = p.step("node files and hygiene", || {
+        rootfs::install_node_files(
+            &root,
+            &rootfs::NodeFiles {
+                bootpatch_binary: &bootpatch_bin,
+                firstboot_unit: &repo_path("templates/systemd/bootpatch-firstboot.service"),
+                bootpatch_config: &loaded.bootpatch_config,
+                sources: &sources,
+                root_partuuid: &layout.root.guid,
+                esp_partuuid: &layout.esp.guid,
+            },
+        )?;
+        let installed = rootfs::installed_packages(&root)?;
+        let lock_out = match &lock_in {
+            Some(l) => {
+                rootfs::check_against_lock(&installed, l)?;
+                l.clone()
+            }
+            None => lock::make(&installed, &cache, &name, &spec.os.suite, &spec.architecture, epoch, &sources)?,
+        };
+        let cleaned = rootfs::hygiene(&root, &spec.hygiene)?;
+        if p.mode() == Mode::Json {
+            p.json(json!({"event": "hygiene", "actions": cleaned}));
+        }
+        let point_release = rootfs::point_release(&root)?;
+        let kernel = rootfs::newest_kernel(&root)?;
+        let paths = rootfs::walk(&root)?;
+        rootfs::clamp_times(&root, &paths, epoch)?;
+        Ok((lock_out, point_release, kernel, paths))
+    })?;
+
+    // ---- disk
+    let raw = staging.join(Format::Raw.file_name());
+    p.step("disk (GPT, ESP, ext4)", || {
+        let options = format!(
+            "root=PARTUUID={} rootfstype=ext4 {}",
+            layout.root.guid, spec.boot.cmdline
+        );
+        disk::build(
+            &raw,
+            &layout,
+            &root,
+            &root_paths,
+            &disk::EspContent {
+                systemd_boot: root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+                kernel: root.join(format!("boot/vmlinuz-{kernel}")),
+                initrd: root.join(format!("boot/initrd.img-{kernel}")),
+                entry_name: name.clone(),
+                title: title(spec),
+                options,
+            },
+            &name,
+            epoch,
+            &work,
+            p,
+        )
+    })?;
+    // The root tree is no longer needed: free the memory before the formats.
+    let _ = fs::remove_dir_all(&root);
+
+    // ---- formats
+    let mut artifacts = p.step("formats", || {
+        let uuid = disk::guid_bytes(&disk::derived_uuid(&name, "vhd"))?;
+        formats::produce_all(
+            &staging,
+            &formats,
+            &formats::Meta {
+                image: &name,
+                title: &title(spec),
+                epoch,
+                vhd_uuid: uuid,
+            },
+            p,
+        )
+    })?;
+    if !formats.contains(&Format::Raw) {
+        fs::remove_file(&raw)?;
+    }
+
+    // ---- manifest
+    let manifest = p.step("manifest", || {
+        let lock_text = lock_out.to_text();
+        fs::write(staging.join(lock::FILE_NAME), &lock_text)?;
+        artifacts.push(Artifact {
+            file: lock::FILE_NAME.into(),
+            format: "packages-lock".into(),
+            size: lock_text.len() as u64,
+            sha256: crate::hash::hex(&crate::hash::sha256_bytes(lock_text.as_bytes())),
+        });
+        let m = Manifest {
+            manifest_version: 1,
+            image: name.clone(),
+            spec: manifest::SpecRef {
+                path: loaded.path.clone(),
+                sha256: loaded.sha256.clone(),
+                text: loaded.text.clone(),
+            },
+            os: manifest::OsInfo {
+                family: format!("{:?}", spec.os.family).to_lowercase(),
+                stream: spec.os.stream.clone(),
+                suite: spec.os.suite.clone(),
+                point_release: point_release.clone(),
+            },
+            kernel: kernel.clone(),
+            package_count: lock_out.packages.len(),
+            builder_version: env!("CARGO_PKG_VERSION").to_string(),
+            build_time: manifest::rfc3339(now()),
+            source_date_epoch: epoch,
+            locked: lock_in.is_some(),
+            disk: manifest::DiskInfo {
+                size: layout.size,
+                disk_guid: layout.disk_guid.clone(),
+                esp_partuuid: layout.esp.guid.clone(),
+                root_partuuid: layout.root.guid.clone(),
+                root_fs_uuid: disk::derived_uuid(&name, "root-fs"),
+            },
+            artifacts: artifacts.clone(),
+            timings: p
+                .timings()
+                .iter()
+                .map(|(s, d)| (s.clone(), (d.as_secs_f64() * 1000.0).round() / 1000.0))
+                .collect(),
+        };
+        let mut text = serde_json::to_string_pretty(&m)?;
+        text.push('\n');
+        fs::write(staging.join(manifest::FILE_NAME), text)?;
+        fs::write(staging.join(manifest::SUMS_NAME), manifest::sums_text(&m.artifacts))?;
+        Ok(m)
+    })?;
+
+    // ---- publish: one rename makes the whole output appear.
+    p.step("publish", || {
+        let old = parent.join(format!(".{name}.old-{pid}"));
+        if out_dir.exists() {
+            fs::rename(&out_dir, &old).with_context(|| format!("moving the previous {} aside", out_dir.display()))?;
+        }
+        fs::rename(&staging, &out_dir).with_context(|| format!("renaming into {}", out_dir.display()))?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    })?;
+    staging_guard.0 = None;
+    Ok(Built { out_dir, manifest })
+}
+
+fn title(spec: &spec::Spec) -> String {
+    let family = match spec.os.family {
+        spec::Family::Debian => "Debian",
+        spec::Family::Ubuntu => "Ubuntu",
+        spec::Family::Rocky => "Rocky Linux",
+    };
+    format!("{family} {} ({})", spec.os.stream, spec.os.suite)
 }

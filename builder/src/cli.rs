@@ -41,6 +41,18 @@ pub struct BuildArgs {
     pub quiet: bool,
     #[arg(long)]
     pub json: bool,
+    /// The bootpatch binary to bake in (default: built by scripts/build-bootpatch)
+    #[arg(long)]
+    pub bootpatch: Option<PathBuf>,
+    /// Package cache folder (default: $BUILDER_CACHE or ~/.cache/bootpatch-builder)
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// packages.lock to build from with --locked (default: OUT/packages.lock)
+    #[arg(long)]
+    pub lock: Option<PathBuf>,
+    /// Scratch folder for the root file system (default: /dev/shm)
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -59,6 +71,12 @@ pub struct BootArgs {
     pub timeout: u64,
     #[arg(long)]
     pub serial: Option<PathBuf>,
+    /// Stop the guest and succeed once the serial console shows this text
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,16 @@
 pub mod boot;
 pub mod build;
 pub mod cli;
+pub mod cmd;
+pub mod disk;
+pub mod formats;
+pub mod hash;
+pub mod hostapt;
+pub mod lock;
+pub mod manifest;
+pub mod progress;
 pub mod render;
+pub mod rootfs;
 pub mod seed;
+pub mod spec;
 pub mod verify;

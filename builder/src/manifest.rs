@@ -1,0 +1,154 @@
+//! `manifest.json` and `SHA256SUMS` of a build, and their check (`builder
+//! verify`). The manifest says what was built from what: the spec and its
+//! hash, the stream and point release, the kernel, the package count, every
+//! artifact's size and SHA-256, the builder version and the build time.
+
+use crate::formats::Artifact;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const FILE_NAME: &str = "manifest.json";
+pub const SUMS_NAME: &str = "SHA256SUMS";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub image: String,
+    pub spec: SpecRef,
+    pub os: OsInfo,
+    pub kernel: String,
+    pub package_count: usize,
+    pub builder_version: String,
+    /// RFC 3339, UTC.
+    pub build_time: String,
+    pub source_date_epoch: u64,
+    pub locked: bool,
+    pub disk: DiskInfo,
+    pub artifacts: Vec<Artifact>,
+    /// Wall time of each build step, in seconds.
+    pub timings: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpecRef {
+    pub path: String,
+    pub sha256: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OsInfo {
+    pub family: String,
+    pub stream: String,
+    pub suite: String,
+    pub point_release: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskInfo {
+    pub size: u64,
+    pub disk_guid: String,
+    pub esp_partuuid: String,
+    pub root_partuuid: String,
+    pub root_fs_uuid: String,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let p = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+}
+
+/// `sha256sum -c` compatible lines.
+pub fn sums_text(artifacts: &[Artifact]) -> String {
+    artifacts
+        .iter()
+        .map(|a| format!("{}  {}\n", a.sha256, a.file))
+        .collect()
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// One problem `verify` found with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub file: String,
+    pub problem: String,
+}
+
+/// Re-hashes every artifact of a build folder against its manifest and
+/// checks SHA256SUMS says the same.
+pub fn verify(dir: &Path) -> Result<Vec<Mismatch>> {
+    let m = Manifest::load(dir)?;
+    let mut bad = Vec::new();
+    for a in &m.artifacts {
+        let p = dir.join(&a.file);
+        let Ok(md) = std::fs::metadata(&p) else {
+            bad.push(Mismatch { file: a.file.clone(), problem: "missing".into() });
+            continue;
+        };
+        if md.len() != a.size {
+            bad.push(Mismatch {
+                file: a.file.clone(),
+                problem: format!("size {} differs from the manifest's {}", md.len(), a.size),
+            });
+            continue;
+        }
+        let sum = crate::hash::file_sha256(&p)?;
+        if sum != a.sha256 {
+            bad.push(Mismatch {
+                file: a.file.clone(),
+                problem: format!("SHA-256 {sum} differs from the manifest's {}", a.sha256),
+            });
+        }
+    }
+    match std::fs::read_to_string(dir.join(SUMS_NAME)) {
+        Ok(text) if text == sums_text(&m.artifacts) => {}
+        Ok(_) => bad.push(Mismatch {
+            file: SUMS_NAME.into(),
+            problem: "does not match manifest.json".into(),
+        }),
+        Err(_) => bad.push(Mismatch { file: SUMS_NAME.into(), problem: "missing".into() }),
+    }
+    Ok(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
