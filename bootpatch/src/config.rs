@@ -271,8 +271,10 @@ mod tests {
 
     #[test]
     fn round_trips_through_yaml() {
-        let mut cfg = Config::default();
-        cfg.schedule = Some("30 1 * * 1-5".into());
+        let mut cfg = Config {
+            schedule: Some("30 1 * * 1-5".into()),
+            ..Config::default()
+        };
         cfg.sources.push(Source {
             name: "extra".into(),
             uris: vec!["file:/srv/repo".into()],

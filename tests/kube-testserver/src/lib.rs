@@ -17,6 +17,7 @@
 pub mod controllers;
 pub mod fixtures;
 pub mod patch;
+pub mod proto;
 pub mod resources;
 pub mod selectors;
 pub mod server;

@@ -104,6 +104,10 @@ impl Req {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
+        if self.content_type.contains("protobuf") {
+            return crate::proto::decode_body(&self.body)
+                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e));
+        }
         serde_json::from_slice(&self.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body as JSON: {e}")))
     }

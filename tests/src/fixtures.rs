@@ -1,0 +1,228 @@
+//! Fixture packages built with `dpkg-deb`: version 1 to install into a test
+//! root, version 2 to publish in the signed test repository. One raises the
+//! Debian point release (a repacked base-files), one asks for a reboot from
+//! its postinst like a kernel does, one changes a conffile and pulls in a new
+//! dependency, one can be held in its postinst so a test can kill dpkg
+//! mid-install, and one
+//! whose upgrade would need a removal, so it is kept back.
+
+use crate::sh;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A package to build.
+#[derive(Debug, Clone, Default)]
+pub struct Pkg {
+    pub name: String,
+    pub version: String,
+    pub depends: Option<String>,
+    pub conflicts: Option<String>,
+    pub files: Vec<(String, String)>,
+    pub conffiles: Vec<String>,
+    pub postinst: Option<String>,
+}
+
+impl Pkg {
+    pub fn new(name: &str, version: &str) -> Pkg {
+        Pkg {
+            name: name.into(),
+            version: version.into(),
+            ..Pkg::default()
+        }
+    }
+    pub fn file(mut self, path: &str, content: &str) -> Pkg {
+        self.files.push((path.into(), content.into()));
+        self
+    }
+    pub fn conffile(mut self, path: &str, content: &str) -> Pkg {
+        self.conffiles.push(path.into());
+        self.file(path, content)
+    }
+    pub fn depends(mut self, d: &str) -> Pkg {
+        self.depends = Some(d.into());
+        self
+    }
+    pub fn conflicts(mut self, c: &str) -> Pkg {
+        self.conflicts = Some(c.into());
+        self
+    }
+    pub fn postinst(mut self, script: &str) -> Pkg {
+        self.postinst = Some(script.into());
+        self
+    }
+
+    /// Builds `name_version_all.deb` in `out`.
+    pub fn build(&self, out: &Path) -> PathBuf {
+        let work = tempfile::tempdir().unwrap();
+        let d = work.path();
+        std::fs::create_dir_all(d.join("DEBIAN")).unwrap();
+        for (p, c) in &self.files {
+            let f = d.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, c).unwrap();
+        }
+        let mut control = format!(
+            "Package: {}\nVersion: {}\nArchitecture: all\nMaintainer: bootpatch tests <tests@bootpatch.invalid>\nSection: misc\nPriority: optional\n",
+            self.name, self.version
+        );
+        if let Some(dep) = &self.depends {
+            control += &format!("Depends: {dep}\n");
+        }
+        if let Some(c) = &self.conflicts {
+            control += &format!("Conflicts: {c}\n");
+        }
+        control += &format!(
+            "Description: bootpatch test fixture {}\n Built by the bootpatch test suite.\n",
+            self.name
+        );
+        std::fs::write(d.join("DEBIAN/control"), control).unwrap();
+        if !self.conffiles.is_empty() {
+            std::fs::write(d.join("DEBIAN/conffiles"), self.conffiles.join("\n") + "\n").unwrap();
+        }
+        if let Some(s) = &self.postinst {
+            let p = d.join("DEBIAN/postinst");
+            std::fs::write(&p, s).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let deb = out.join(format!("{}_{}_all.deb", self.name, self.version));
+        let mut c = Command::new("dpkg-deb");
+        c.args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(d)
+            .arg(&deb);
+        sh(c);
+        deb
+    }
+}
+
+/// The reboot-required fixture's postinst, as a kernel package's hook does it.
+pub const REBOOT_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  touch /run/reboot-required\n  grep -qx bootpatch-fixture-kernel /run/reboot-required.pkgs 2>/dev/null || echo bootpatch-fixture-kernel >> /run/reboot-required.pkgs\nfi\n";
+
+/// The slow fixture's postinst: when /var/tmp/hold-install exists it signals
+/// /var/tmp/install-held and sleeps, so a test can kill dpkg right there.
+pub const HOLD_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -e /var/tmp/hold-install ]; then\n  rm -f /var/tmp/hold-install\n  touch /var/tmp/install-held\n  sleep 120\nfi\n";
+
+/// The fixture set: what the root starts with and what the repository offers.
+pub struct Fixtures {
+    pub dir: PathBuf,
+    pub v1: Vec<PathBuf>,
+    pub v2: Vec<PathBuf>,
+    /// The Patched Version base-files v2 leads to (`12.99`).
+    pub new_point_release: String,
+    pub base_files_v2_version: String,
+}
+
+/// Repacks the real base-files with a higher version whose
+/// /etc/debian_version is `<major>.99`, as a point release does.
+fn base_files_v2(orig: &Path, out: &Path) -> (PathBuf, String, String) {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().join("bf");
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-R").arg(orig).arg(&d);
+    sh(c);
+    let control = std::fs::read_to_string(d.join("DEBIAN/control")).unwrap();
+    let old = control
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap()
+        .to_string();
+    let major = old.split('.').next().unwrap().to_string();
+    let new = format!("{}+deb{major}u99", old.split('+').next().unwrap());
+    std::fs::write(
+        d.join("DEBIAN/control"),
+        control.replace(&format!("Version: {old}"), &format!("Version: {new}")),
+    )
+    .unwrap();
+    let point = format!("{major}.99");
+    std::fs::write(d.join("etc/debian_version"), format!("{point}\n")).unwrap();
+    // Keep the package's own checksums true to its contents.
+    let md5 = d.join("DEBIAN/md5sums");
+    if md5.exists() {
+        let sum = sh({
+            let mut c = Command::new("md5sum");
+            c.arg("etc/debian_version").current_dir(&d);
+            c
+        });
+        let text = std::fs::read_to_string(&md5).unwrap();
+        let fixed: String = text
+            .lines()
+            .map(|l| {
+                if l.ends_with(" etc/debian_version") {
+                    sum.trim().to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write(&md5, fixed).unwrap();
+    }
+    let deb = out.join(format!("base-files_{new}_amd64.deb"));
+    let mut c = Command::new("dpkg-deb");
+    c.args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(&d)
+        .arg(&deb);
+    sh(c);
+    (deb, new, point)
+}
+
+/// Builds (once per test process) the fixture packages.
+pub fn fixtures() -> &'static Fixtures {
+    static F: std::sync::OnceLock<Fixtures> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let cached = crate::root::cached_root();
+        let dir = tempfile::Builder::new()
+            .prefix("bootpatch-fixtures-")
+            .tempdir_in(crate::cache_dir())
+            .unwrap()
+            .keep();
+        let v1dir = dir.join("v1");
+        let v2dir = dir.join("v2");
+        std::fs::create_dir_all(&v1dir).unwrap();
+        std::fs::create_dir_all(&v2dir).unwrap();
+        let v1 = vec![
+            Pkg::new("bootpatch-fixture-kernel", "1.0")
+                .file("/usr/share/bootpatch-fixture/kernel", "1\n")
+                .build(&v1dir),
+            Pkg::new("bootpatch-fixture-tool", "1.0")
+                .conffile("/etc/bootpatch-fixture/tool.conf", "setting=1\n")
+                .build(&v1dir),
+            Pkg::new("bootpatch-fixture-slow", "1.0")
+                .file("/usr/share/bootpatch-fixture/slow", "1\n")
+                .build(&v1dir),
+            Pkg::new("bootpatch-fixture-held", "1.0").build(&v1dir),
+            Pkg::new("bootpatch-fixture-oldpeer", "1.0").build(&v1dir),
+        ];
+        let (bf, bf_version, point) = base_files_v2(&cached.base_files_deb, &v2dir);
+        let v2 = vec![
+            bf,
+            Pkg::new("bootpatch-fixture-kernel", "2.0")
+                .file("/usr/share/bootpatch-fixture/kernel", "2\n")
+                .postinst(REBOOT_POSTINST)
+                .build(&v2dir),
+            Pkg::new("bootpatch-fixture-tool", "2.0")
+                .conffile("/etc/bootpatch-fixture/tool.conf", "setting=2\n")
+                .depends("bootpatch-fixture-newdep")
+                .build(&v2dir),
+            Pkg::new("bootpatch-fixture-newdep", "2.0")
+                .file("/usr/share/bootpatch-fixture/newdep", "2\n")
+                .build(&v2dir),
+            Pkg::new("bootpatch-fixture-slow", "2.0")
+                .file("/usr/share/bootpatch-fixture/slow", "2\n")
+                .postinst(HOLD_POSTINST)
+                .build(&v2dir),
+            // Its upgrade would remove an installed package: an upgrade
+            // within the stream keeps it back rather than remove anything.
+            Pkg::new("bootpatch-fixture-held", "2.0")
+                .conflicts("bootpatch-fixture-oldpeer")
+                .build(&v2dir),
+        ];
+        Fixtures {
+            dir,
+            v1,
+            v2,
+            new_point_release: point,
+            base_files_v2_version: bf_version,
+        }
+    })
+}
