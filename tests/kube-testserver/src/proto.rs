@@ -98,7 +98,11 @@ impl<'a> Reader<'a> {
 
     fn bytes(&mut self) -> Result<&'a [u8], String> {
         let n = self.varint()? as usize;
-        let end = self.i.checked_add(n).filter(|e| *e <= self.b.len()).ok_or("truncated field")?;
+        let end = self
+            .i
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or("truncated field")?;
         let s = &self.b[self.i..end];
         self.i = end;
         Ok(s)
@@ -252,7 +256,11 @@ pub fn decode_body(body: &[u8]) -> Result<Value, String> {
         "Namespace" => NAMESPACE,
         "DeleteOptions" => DELETE_OPTIONS,
         "Eviction" => EVICTION,
-        other => return Err(format!("protobuf bodies of kind {other:?} are not supported; send JSON")),
+        other => {
+            return Err(format!(
+                "protobuf bodies of kind {other:?} are not supported; send JSON"
+            ))
+        }
     };
     let mut v = decode(raw, schema)?;
     v["apiVersion"] = json!(api_version);
@@ -272,8 +280,16 @@ mod tests {
 
     #[test]
     fn decodes_a_configmap() {
-        let meta = [field(1, b"cm"), field(11, &[field(1, b"a"), field(2, b"b")].concat())].concat();
-        let raw = [field(1, &meta), field(2, &[field(1, b"k"), field(2, b"v")].concat())].concat();
+        let meta = [
+            field(1, b"cm"),
+            field(11, &[field(1, b"a"), field(2, b"b")].concat()),
+        ]
+        .concat();
+        let raw = [
+            field(1, &meta),
+            field(2, &[field(1, b"k"), field(2, b"v")].concat()),
+        ]
+        .concat();
         let tm = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
         let body = [b"k8s\x00".to_vec(), field(1, &tm), field(2, &raw)].concat();
         let v = decode_body(&body).unwrap();

@@ -48,7 +48,9 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir).expect("creating the test directory");
         let kubeconfig = dir.join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).expect("writing kubeconfig");
+        server
+            .write_kubeconfig(&kubeconfig)
+            .expect("writing kubeconfig");
         Self {
             server,
             dir,
@@ -157,9 +159,9 @@ impl Cluster {
     /// Waits until no pod of any kind is left on `node` (apart from those `keep` accepts).
     pub fn wait_node_empty(&self, node: &str, keep: impl Fn(&Value) -> bool) {
         let ok = self.server.wait_until(Duration::from_secs(20), |s| {
-            s.pods_on_node(node).iter().all(|(ns, n)| {
-                s.get(&PODS, ns, n).map(|p| keep(&p)).unwrap_or(true)
-            })
+            s.pods_on_node(node)
+                .iter()
+                .all(|(ns, n)| s.get(&PODS, ns, n).map(|p| keep(&p)).unwrap_or(true))
         });
         assert!(ok, "node {node} emptied within 20 s");
     }
