@@ -140,6 +140,7 @@ impl State {
     /// does not parse is moved aside (and reported) rather than blocking
     /// patching forever; a newer schema is refused so it is never clobbered.
     pub fn load(path: &Path) -> Result<(State, Option<String>)> {
+        remove_stale_temporaries(path);
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((State::new(), None)),
@@ -197,6 +198,23 @@ impl State {
             path: path.display().to_string(),
             detail: format!("writing: {e}"),
         })
+    }
+}
+
+/// Removes temporary files a killed writer left beside `path` (the file
+/// itself is whole either way; these are only litter).
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -272,6 +290,16 @@ mod tests {
         assert_eq!(back, s);
         assert!(note.is_none());
         // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn litter_of_a_killed_writer_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        State::new().save(&p).unwrap();
+        std::fs::write(d.path().join(".state.json.tmp-4242"), "{\"schema_ver").unwrap();
+        State::load(&p).unwrap();
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
