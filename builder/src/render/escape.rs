@@ -14,6 +14,14 @@ use std::fmt::Write as _;
 pub fn yaml_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
+    // Most values are plain ASCII: copy them in one go.
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return out;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -86,43 +94,51 @@ pub fn yaml_block(s: &str, indent: usize) -> String {
         return yaml_quote(s);
     }
     let (body, chomp) = match s.strip_suffix('\n') {
-        Some(b) => (b, ""),
-        None => (s, "-"),
+        Some(b) => (b, "|"),
+        None => (s, "|-"),
     };
-    let pad = " ".repeat(indent);
-    let mut out = String::with_capacity(s.len() + 8 + body.lines().count() * indent);
-    out.push('|');
+    let lines = body.bytes().filter(|&b| b == b'\n').count() + 1;
+    let mut out = String::with_capacity(body.len() + 2 + lines * (indent + 1));
     out.push_str(chomp);
     for line in body.split('\n') {
         out.push('\n');
         if !line.is_empty() {
-            out.push_str(&pad);
+            out.extend(std::iter::repeat_n(' ', indent));
             out.push_str(line);
         }
     }
     out
 }
 
+/// Whether a literal block holds `s` exactly: one pass, ASCII bytes checked
+/// directly, other characters against YAML's printable set.
 fn block_safe(s: &str) -> bool {
-    if s.is_empty() || s.ends_with("\n\n") {
+    if s.is_empty() || s.ends_with("\n\n") || s.starts_with([' ', '\t', '\n']) {
         return false;
     }
-    if s.starts_with([' ', '\t', '\n']) {
-        return false;
-    }
-    let body = s.strip_suffix('\n').unwrap_or(s);
-    for line in body.split('\n') {
-        if !line.is_empty() && line.trim_matches([' ', '\t']).is_empty() {
-            return false;
+    // Per line: has it any character, and any that is not white space?
+    let mut line_len = 0usize;
+    let mut line_blank = true;
+    for c in s.chars() {
+        match c {
+            '\n' => {
+                if line_len > 0 && line_blank {
+                    return false;
+                }
+                line_len = 0;
+                line_blank = true;
+                continue;
+            }
+            ' ' | '\t' => {}
+            '\x21'..='\x7e' => line_blank = false,
+            c if c.is_ascii() => return false,
+            '\u{85}' | '\u{2028}' | '\u{2029}' => return false,
+            c if needs_yaml_escape(c) => return false,
+            _ => line_blank = false,
         }
-        if line.chars().any(|c| {
-            c != '\t'
-                && (needs_yaml_escape(c) || matches!(c, '\r' | '\u{85}' | '\u{2028}' | '\u{2029}'))
-        }) {
-            return false;
-        }
+        line_len += 1;
     }
-    true
+    !(line_len > 0 && line_blank)
 }
 
 #[cfg(test)]

@@ -199,6 +199,8 @@ pub fn template_sources() -> &'static [(&'static str, &'static str)] {
 #[derive(Debug)]
 pub struct Renderer {
     env: Environment<'static>,
+    /// The last config text bootpatch's parser accepted.
+    checked_config: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Renderer {
@@ -248,7 +250,10 @@ impl Renderer {
             env.add_template(name, source)
                 .expect("built-in templates compile");
         }
-        Renderer { env }
+        Renderer {
+            env,
+            checked_config: Default::default(),
+        }
     }
 
     /// Renders the user-data for `provider`, checks the bootpatch config it
@@ -274,10 +279,20 @@ impl Renderer {
             .env
             .get_template("cloud-init/_bootpatch-config.yaml.j2")?
             .render(ConfigCtx { v: values })?;
-        bootpatch::config::Config::from_yaml_str(&text).map_err(|e| RenderError::InvalidValue {
-            key: e.key.clone().unwrap_or_else(|| ".".into()),
-            message: e.message,
-        })?;
+        // A fleet shares one policy: the same text needs parsing only once.
+        let mut checked = self
+            .checked_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if checked.as_deref() != Some(text.as_str()) {
+            bootpatch::config::Config::from_yaml_str(&text).map_err(|e| {
+                RenderError::InvalidValue {
+                    key: e.key.clone().unwrap_or_else(|| ".".into()),
+                    message: e.message,
+                }
+            })?;
+            *checked = Some(text.clone());
+        }
         Ok(text)
     }
 

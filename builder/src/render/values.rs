@@ -249,6 +249,10 @@ impl Values {
 
     /// No value may hold a NUL: neither a shell word nor an argv element can.
     fn check_no_nul(&self) -> Result<(), RenderError> {
+        // Fast path for the common case; the slow walk below only names the key.
+        if !self.strings().any(|s| s.contains('\0')) {
+            return Ok(());
+        }
         let tree = serde_json::to_value(self).expect("values serialize");
         fn walk(v: &Json, path: &str) -> Result<(), RenderError> {
             match v {
@@ -271,6 +275,39 @@ impl Values {
             }
         }
         walk(&tree, "")
+    }
+
+    /// Every string value, in no particular order.
+    fn strings(&self) -> impl Iterator<Item = &str> {
+        let opt = [
+            &self.schedule,
+            &self.lock_wait_timeout,
+            &self.retry_deadline,
+            &self.http_proxy,
+            &self.https_proxy,
+            &self.no_proxy,
+            &self.hostname,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str);
+        let sources = self.sources.iter().flat_map(|s| {
+            [&s.name, &s.signed_by]
+                .into_iter()
+                .chain(&s.uris)
+                .chain(&s.suites)
+                .chain(&s.components)
+                .map(String::as_str)
+        });
+        let join: Box<dyn Iterator<Item = &str>> = match &self.join_command {
+            Some(JoinCommand::Argv(a)) => Box::new(a.iter().map(String::as_str)),
+            Some(JoinCommand::Shell(s)) => Box::new(std::iter::once(s.as_str())),
+            None => Box::new(std::iter::empty()),
+        };
+        opt.chain(sources)
+            .chain(self.reboot_command.iter().flatten().map(String::as_str))
+            .chain(self.ssh_authorized_keys.iter().map(String::as_str))
+            .chain(join)
     }
 
     /// Host name and FQDN for cloud-init: a dotted name is the FQDN.
