@@ -93,3 +93,25 @@ pub fn kill_group(child: &std::process::Child) {
     // ESRCH: the group is already gone.
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
+
+/// Checks a state file against its documented JSON Schema
+/// (docs/state.schema.json); panics naming every violation.
+pub fn assert_state_matches_schema(state: &serde_json::Value) {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let v = SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(workspace().join("docs/state.schema.json"))
+            .expect("reading docs/state.schema.json");
+        let schema: serde_json::Value =
+            serde_json::from_str(&text).expect("docs/state.schema.json parses");
+        jsonschema::validator_for(&schema).expect("docs/state.schema.json is a valid schema")
+    });
+    let errors: Vec<String> = v
+        .iter_errors(state)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "state file does not match docs/state.schema.json:\n{}\n{state:#}",
+        errors.join("\n")
+    );
+}
