@@ -6,7 +6,6 @@
 //! under the store lock from [`tick`]; nothing here talks HTTP.
 
 use crate::resources::{DAEMONSETS, DEPLOYMENTS, NODES, PDBS, PODS, REPLICASETS};
-use crate::selectors::LabelSelector;
 use crate::store::{node_key, Key, Obj, Store, Timer};
 use crate::util;
 use serde_json::{json, Value};
@@ -327,8 +326,9 @@ fn pick_node(store: &Store, nodes: &[(String, Value)], pod_spec: &Value) -> Opti
 
 fn schedule_pending(store: &mut Store) {
     let pending: Vec<Obj> = store
-        .all(&PODS)
-        .filter(|p| util::str_at(p, "spec.nodeName").is_empty() && !deleting(p))
+        .unbound_pods
+        .iter()
+        .filter_map(|(ns, n)| store.get_obj(&PODS, ns, n))
         .filter(|p| matches!(util::str_at(p, "status.phase"), "" | "Pending"))
         .cloned()
         .collect();
@@ -349,6 +349,9 @@ fn schedule_pending(store: &mut Store) {
 
 /// The pod garbage collector: pods bound to nodes that no longer exist are removed.
 fn collect_orphans(store: &mut Store) {
+    if !std::mem::take(&mut store.nodes_removed) {
+        return;
+    }
     let nodes: HashSet<String> = store.all(&NODES).map(|n| name(n).to_string()).collect();
     let orphans: Vec<Key> = store
         .all(&PODS)
@@ -749,16 +752,16 @@ fn expected_pods(store: &Store, pods: &[Obj]) -> i64 {
 }
 
 fn disruption_budgets(store: &mut Store) {
-    let pdbs: Vec<Obj> = store.all(&PDBS).cloned().collect();
+    let dirty = std::mem::take(&mut store.dirty_pdbs);
+    let pdbs: Vec<Obj> = dirty
+        .iter()
+        .filter_map(|(ns, n)| store.get_obj(&PDBS, ns, n))
+        .cloned()
+        .collect();
     let now = util::now_secs();
     for pdb in pdbs {
-        let selector = util::path(&pdb, "spec.selector").and_then(LabelSelector::from_object);
-        let pods: Vec<Obj> = match &selector {
-            Some(sel) => store
-                .in_namespace(&PODS, ns(&pdb))
-                .filter(|p| sel.matches(p))
-                .cloned()
-                .collect(),
+        let pods: Vec<Obj> = match util::path(&pdb, "spec.selector") {
+            Some(sel) => store.pods_matching(ns(&pdb), sel),
             None => Vec::new(),
         };
         let old_status = pdb.get("status").cloned().unwrap_or(json!({}));

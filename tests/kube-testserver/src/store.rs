@@ -196,6 +196,14 @@ pub struct Store {
     pub rv: u64,
     tables: Vec<BTreeMap<Key, Obj>>,
     pods_by_node: HashMap<String, BTreeSet<Key>>,
+    /// Pod names by namespace and `key=value` label, for PodDisruptionBudget selectors.
+    pod_labels: HashMap<String, HashMap<String, BTreeSet<String>>>,
+    /// Pods waiting for the scheduler.
+    pub unbound_pods: BTreeSet<Key>,
+    /// PodDisruptionBudgets whose status may have changed.
+    pub dirty_pdbs: BTreeSet<Key>,
+    /// Set when a node was removed (pod garbage collection has work).
+    pub nodes_removed: bool,
     history: VecDeque<Arc<Event>>,
     compacted_rv: u64,
     watchers: HashMap<u64, Watcher>,
@@ -214,6 +222,10 @@ impl Store {
             rv: 1,
             tables: resources::ALL.iter().map(|_| BTreeMap::new()).collect(),
             pods_by_node: HashMap::new(),
+            pod_labels: HashMap::new(),
+            unbound_pods: BTreeSet::new(),
+            dirty_pdbs: BTreeSet::new(),
+            nodes_removed: false,
             history: VecDeque::new(),
             compacted_rv: 1,
             watchers: HashMap::new(),
@@ -392,13 +404,110 @@ impl Store {
                     );
                 }
             }
+            match new {
+                Some(p)
+                    if new_node.is_empty()
+                        && util::path(p, "metadata.deletionTimestamp").is_none() =>
+                {
+                    self.unbound_pods.insert(key.clone());
+                }
+                _ => {
+                    self.unbound_pods.remove(key);
+                }
+            }
+            let old_labels = old.and_then(|o| util::path(o, "metadata.labels"));
+            let new_labels = new.and_then(|o| util::path(o, "metadata.labels"));
+            if old_labels != new_labels || old.is_none() || new.is_none() {
+                self.index_labels(&key.0, &key.1, old_labels.cloned(), new_labels.cloned());
+            }
             let relevant = match (old, new) {
                 (Some(o), Some(n)) => pod_fingerprint(o) != pod_fingerprint(n),
                 _ => true,
             };
-            self.dirty |= relevant;
+            if relevant {
+                self.dirty = true;
+                let empty = Value::Null;
+                let (ol, nl) = (old_labels.unwrap_or(&empty), new_labels.unwrap_or(&empty));
+                let hit: Vec<Key> = self
+                    .in_namespace(&resources::PDBS, &key.0)
+                    .filter(|pdb| {
+                        util::path(pdb, "spec.selector")
+                            .and_then(LabelSelector::from_object)
+                            .is_some_and(|sel| sel.matches_labels(ol) || sel.matches_labels(nl))
+                    })
+                    .map(|pdb| {
+                        (
+                            key.0.clone(),
+                            util::str_at(pdb, "metadata.name").to_string(),
+                        )
+                    })
+                    .collect();
+                self.dirty_pdbs.extend(hit);
+            }
+        } else if *def == resources::PDBS {
+            if new.is_some() {
+                self.dirty_pdbs.insert(key.clone());
+                self.dirty = true;
+            }
         } else if !matches!(def.plural, "configmaps" | "events" | "leases") {
+            if *def == NODES && new.is_none() {
+                self.nodes_removed = true;
+            }
             self.dirty = true;
+        }
+    }
+
+    fn index_labels(&mut self, ns: &str, name: &str, old: Option<Value>, new: Option<Value>) {
+        let pairs = |v: &Option<Value>| -> Vec<String> {
+            v.as_ref()
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        };
+        let by_label = self.pod_labels.entry(ns.to_string()).or_default();
+        for kv in pairs(&old) {
+            if let Some(set) = by_label.get_mut(&kv) {
+                set.remove(name);
+                if set.is_empty() {
+                    by_label.remove(&kv);
+                }
+            }
+        }
+        for kv in pairs(&new) {
+            by_label.entry(kv).or_default().insert(name.to_string());
+        }
+    }
+
+    /// Pods of a namespace a selector object picks, using the label index when the selector
+    /// has `matchLabels`.
+    pub fn pods_matching(&self, ns: &str, selector: &Value) -> Vec<Obj> {
+        let Some(sel) = LabelSelector::from_object(selector) else {
+            return Vec::new();
+        };
+        let first = selector
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .and_then(|m| m.iter().next());
+        match first {
+            Some((k, v)) => {
+                let kv = format!("{k}={}", v.as_str().unwrap_or(""));
+                self.pod_labels
+                    .get(ns)
+                    .and_then(|m| m.get(&kv))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| self.get_obj(&PODS, ns, n))
+                    .filter(|p| sel.matches(p))
+                    .cloned()
+                    .collect()
+            }
+            None => self
+                .in_namespace(&PODS, ns)
+                .filter(|p| sel.matches(p))
+                .cloned()
+                .collect(),
         }
     }
 
