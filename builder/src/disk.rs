@@ -271,17 +271,26 @@ fn clamp_ctimes(path: &Path, l: &Layout, paths: &[PathBuf], epoch: u64, work: &P
     }
     s.push_str(&format!("sif /lost+found ctime {epoch}\n"));
     fs::write(&script, s)?;
-    let out = cmd::run(
-        Command::new("debugfs")
-            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-            .arg("-w")
-            .arg("-f")
-            .arg(&script)
-            .arg(format!("{}?offset={}", path.display(), l.root.offset())),
-    )?;
-    // debugfs reports per-command failures on stdout/stderr but exits 0.
-    if let Some(line) = out.lines().find(|l| l.contains("not found") || l.contains("Usage")) {
-        bail!("debugfs could not set a time: {line}");
+    let mut c = Command::new("debugfs");
+    c.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(format!("{}?offset={}", path.display(), l.root.offset()));
+    let out = c.output().with_context(|| format!("starting {}", cmd::display(&c)))?;
+    // debugfs exits 0 even when a command fails; its errors are the stderr
+    // lines other than the version banner.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !out.status.success() || !errors.is_empty() {
+        bail!(
+            "debugfs could not set inode times: {}\n--- stderr ---\n{}",
+            cmd::display(&c),
+            cmd::tail(&errors.join("\n"), 4000)
+        );
     }
     Ok(())
 }

@@ -109,7 +109,10 @@ pub fn mmdebstrap(
         Origin::Network { cache } => {
             fs::create_dir_all(cache)?;
             let cache = cache.display().to_string();
-            c.arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
+            // Keep the essential .debs too (mmdebstrap unlinks them by default):
+            // the lock needs every installed package's file.
+            c.arg("--skip=essential/unlink")
+                .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
                 .arg(format!("--setup-hook=sync-in {cache} /var/cache/apt/archives/"))
                 .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {cache}"));
             c.arg(&spec.os.suite).arg(target);
