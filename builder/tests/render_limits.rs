@@ -176,3 +176,34 @@ fn a_small_binary_may_ride_in_aws_user_data() {
     assert!(doc.len() <= 16384);
     assert_eq!(written_file(&doc, EMBEDDED_PATH).unwrap(), bin);
 }
+
+/// The real binary (`make test` sets BOOTPATCH_BIN to the output of
+/// scripts/build-bootpatch): refused everywhere but NoCloud, where the
+/// document still passes cloud-init's validator.
+#[test]
+fn real_bootpatch_binary_embeds_only_in_nocloud() {
+    let Some(path) = std::env::var_os("BOOTPATCH_BIN") else {
+        eprintln!("BOOTPATCH_BIN not set: the real-binary embed check did not run");
+        return;
+    };
+    let bin = std::fs::read(&path).unwrap();
+    let bp = BootpatchSource::embed(&bin);
+    let r = Renderer::new();
+    for provider in Provider::ALL {
+        let result = r.render(provider, &Values::default(), &bp);
+        if provider.limit().is_some() {
+            let msg = result.unwrap_err().to_string();
+            assert!(
+                msg.contains(provider.name()) && msg.contains("--bootpatch-url"),
+                "{msg}"
+            );
+        } else {
+            let doc = result.unwrap();
+            assert_eq!(written_file(&doc, EMBEDDED_PATH).unwrap(), bin);
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("ud.yaml");
+            std::fs::write(&file, &doc).unwrap();
+            cloud_init_schema(&file).unwrap();
+        }
+    }
+}
