@@ -1,7 +1,9 @@
 //! `builder boot DISK`: boots an image under QEMU (TCG, OVMF UEFI firmware)
 //! with the serial console captured, until the guest powers off, the
 //! `--until` text shows on the console, or the timeout passes. The disk is
-//! opened with `snapshot=on`: booting never changes a built artifact.
+//! opened with `snapshot=on` (booting never changes a built artifact) unless
+//! `--writable` asks to keep the guest's writes, as tests that boot a node
+//! twice do (on an overlay of the image).
 
 use crate::cli::BootArgs;
 use crate::cmd;
@@ -79,8 +81,9 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
     let fmt = drive_format(&a.disk)?;
     let extra_opt = if fmt == "vpc" { ",force_size_calc=current_size" } else { "" };
+    let snapshot = if a.writable { "" } else { ",snapshot=on" };
     q.arg("-drive").arg(format!(
-        "file={},format={fmt}{extra_opt},if=virtio,snapshot=on",
+        "file={},format={fmt}{extra_opt},if=virtio{snapshot}",
         a.disk.display()
     ));
     if let Some(seed) = &a.seed {

@@ -77,6 +77,10 @@ pub struct BootArgs {
     /// Guest memory in MiB
     #[arg(long, default_value_t = 1024)]
     pub memory: u32,
+    /// Keep what the guest writes to DISK (default: changes are discarded;
+    /// use an overlay, e.g. `qemu-img create -f qcow2 -b disk.raw -F raw`)
+    #[arg(long)]
+    pub writable: bool,
 }
 
 #[derive(Args, Debug)]
