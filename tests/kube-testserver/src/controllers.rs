@@ -92,15 +92,18 @@ fn set_condition(obj: &mut Value, kind: &str, status: bool, reason: &str, messag
     }
 }
 
-/// Runs due timers and, when something changed, one reconcile pass of every controller.
-pub fn tick(store: &mut Store, now: Instant) {
+/// Runs due timers and, when something changed and `may_reconcile`, one reconcile pass of
+/// every controller. Returns whether it reconciled.
+pub fn tick(store: &mut Store, now: Instant, may_reconcile: bool) -> bool {
     for t in store.due_timers(now) {
         fire(store, t);
     }
-    if store.dirty {
+    if store.dirty && may_reconcile {
         store.dirty = false;
         reconcile(store);
+        return true;
     }
+    false
 }
 
 fn fire(store: &mut Store, t: Timer) {

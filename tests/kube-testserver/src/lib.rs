@@ -289,9 +289,15 @@ async fn run(
     let controllers = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A reconcile pass holds the store lock; under heavy load the passes are spaced so the
+        // lock is held by controllers at most a fifth of the time.
+        let mut next_reconcile = Instant::now();
         loop {
             tick.tick().await;
-            controllers::tick(&mut sh.lock(), Instant::now());
+            let now = Instant::now();
+            if controllers::tick(&mut sh.lock(), now, now >= next_reconcile) {
+                next_reconcile = Instant::now() + now.elapsed() * 4;
+            }
         }
     });
     loop {
