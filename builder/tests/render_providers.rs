@@ -107,6 +107,10 @@ fn bootpatch_sources() -> Vec<(&'static str, BootpatchSource)> {
             )
             .unwrap(),
         ),
+        (
+            "embed",
+            BootpatchSource::embed(b"\x7fELF small enough to ride along"),
+        ),
     ]
 }
 
@@ -151,7 +155,7 @@ fn every_provider_and_value_set_is_valid_cloud_config() {
             }
         }
     }
-    assert_eq!(checked, 6 * 4 * 2);
+    assert_eq!(checked, 6 * 4 * 3);
 }
 
 #[test]
