@@ -830,6 +830,10 @@ fn disruption_budgets(store: &mut Store) {
         if let Some(c) = holder["status"]["conditions"].as_array_mut() {
             for c in c {
                 c["observedGeneration"] = json!(generation(&pdb));
+                // metav1.Condition always carries a message (typed clients require it).
+                if c.get("message").is_none() {
+                    c["message"] = json!("");
+                }
             }
         }
         write_status(store, &PDBS, &pdb, holder["status"].take());

@@ -434,6 +434,8 @@ fn patch_type(ct: &str) -> Result<PatchType, ApiError> {
         "application/merge-patch+json" => Ok(PatchType::Merge),
         "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
         "application/json-patch+json" => Ok(PatchType::Json),
+        // Server-side apply, approximated as a merge patch that may create (see README).
+        "application/apply-patch+yaml" => Ok(PatchType::Apply),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
@@ -484,6 +486,15 @@ fn item(
         Method::PATCH => {
             let kind = patch_type(&r.content_type)?;
             let body = r.body_json()?;
+            if kind == PatchType::Apply && !status_only {
+                let mut store = shared.lock();
+                if store.get_obj(def, ns, name).is_none() {
+                    let mut obj = body;
+                    crate::util::obj_mut(&mut obj, "metadata")["name"] = json!(name);
+                    let created = store.create(def, ns, obj, r.dry_run())?;
+                    return Ok(json_resp(201, &created));
+                }
+            }
             let obj = shared
                 .lock()
                 .patch(def, ns, name, kind, &body, status_only, r.dry_run())?;

@@ -187,6 +187,8 @@ impl DeleteOpts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
     Merge,
+    /// Server-side apply bodies, applied as a JSON merge patch (no field ownership).
+    Apply,
     Strategic,
     Json,
 }
@@ -893,6 +895,14 @@ impl Store {
         let mut new = (*old).clone();
         match kind {
             PatchType::Merge => patch::merge_patch(&mut new, patch_body),
+            PatchType::Apply => {
+                let mut body = patch_body.clone();
+                // An apply body names the object but must not act as a precondition.
+                if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("resourceVersion");
+                }
+                patch::merge_patch(&mut new, &body)
+            }
             PatchType::Strategic => {
                 patch::strategic_merge(&mut new, patch_body).map_err(ApiError::bad_request)?
             }

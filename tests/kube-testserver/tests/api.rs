@@ -292,6 +292,18 @@ fn patch_formats() {
         (415, Some("UnsupportedMediaType"))
     );
 
+    // Server-side apply bodies create, then merge.
+    let cm_path = "/api/v1/namespaces/default/configmaps/applied?fieldManager=updater&force=true";
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"a": "1"}});
+    let (code, _) = call(&s, "PATCH", cm_path, "application/apply-patch+yaml", &body);
+    assert_eq!(code, 201);
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}, "data": {"b": "2"}});
+    let (code, v) = call(&s, "PATCH", cm_path, "application/apply-patch+yaml", &body);
+    assert_eq!(
+        (code, v["data"].clone()),
+        (200, json!({"a": "1", "b": "2"}))
+    );
+
     // Status is only changed through the status subresource.
     let (_, v) = call(
         &s,
