@@ -1,0 +1,1116 @@
+//! The per-node agent: watches its Node and the policy ConfigMaps, decides when the node is
+//! due, takes a slot, and drives the patch cycle ([`crate::cycle::Step`]) step by step,
+//! recording each step on the Node (annotation, Event, metric) before moving on, so that an
+//! agent killed at any point resumes where it was. It never uncordons a node it did not
+//! cordon, and never runs apt itself (the host actions do, through bootpatch).
+
+use crate::cycle::Step;
+use crate::drain::{self, DrainObserver};
+use crate::host::HostActions;
+use crate::kube_util::{spawn_watch, AbortOnDrop, Kube, Snapshot};
+use crate::metrics::Metrics;
+use crate::node::{self as nodeann, annotate, annotation, event, now_rfc3339};
+use crate::policy::DrainPolicy;
+use crate::policy::{self, AgentConfig, Due, PatchPolicy};
+use crate::slots::{self, Acquired, Slots};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, instrument, warn};
+
+/// Everything an agent is told at start.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node: String,
+    /// Where the Leases and the patch policy live.
+    pub namespace: String,
+    pub drain_policy_name: String,
+    pub drain_policy_namespace: String,
+    pub patch_policy_name: String,
+    /// A slot not renewed for this long is taken over.
+    pub lease_duration: Duration,
+    /// Server-side timeout of the long watches.
+    pub watch_timeout: Duration,
+    pub timing: drain::Timing,
+    /// How long to wait for the node to be Ready after the reboot before going on anyway.
+    pub node_ready_timeout: Duration,
+    /// How often a waiting agent looks at every slot, not only its preferred one.
+    pub steal_interval: Duration,
+    /// How often the window check runs while a due node waits for its window (local only).
+    pub window_check: Duration,
+}
+
+impl AgentOptions {
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            namespace: "bootpatch-system".into(),
+            drain_policy_name: policy::DRAIN_POLICY_CONFIGMAP.into(),
+            drain_policy_namespace: "bootpatch-system".into(),
+            patch_policy_name: policy::PATCH_POLICY_CONFIGMAP.into(),
+            lease_duration: Duration::from_secs(60),
+            watch_timeout: Duration::from_secs(1800),
+            timing: drain::Timing::default(),
+            node_ready_timeout: Duration::from_secs(900),
+            steal_interval: Duration::from_secs(30),
+            window_check: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Observer {
+    metrics: Arc<Metrics>,
+    node: String,
+}
+
+impl DrainObserver for Observer {
+    fn line(&self, text: &str) {
+        info!(node = %self.node, "{text}");
+    }
+    fn pdb_blocked(&self, blocked: bool) {
+        self.metrics.pdb_blocked.store(blocked, Ordering::Relaxed);
+    }
+}
+
+/// Why a run ended early.
+#[derive(Debug)]
+enum Stop {
+    /// The slot was taken over while we ran: the node is someone else's problem now.
+    SlotLost,
+    Api(kube::Error),
+    Other(anyhow::Error),
+}
+
+impl From<kube::Error> for Stop {
+    fn from(e: kube::Error) -> Self {
+        Stop::Api(e)
+    }
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Self {
+        Stop::Other(e)
+    }
+}
+
+impl From<crate::cycle::TransitionError> for Stop {
+    fn from(e: crate::cycle::TransitionError) -> Self {
+        Stop::Other(e.into())
+    }
+}
+
+pub struct Agent {
+    opts: AgentOptions,
+    kube: Kube,
+    host: Arc<dyn HostActions>,
+    pub metrics: Arc<Metrics>,
+    pub healthy: Arc<AtomicBool>,
+    slots: Slots,
+    config: Option<AgentConfig>,
+    patch: Option<PatchPolicy>,
+    seen_drain_cm: Option<String>,
+    seen_patch_cm: Option<String>,
+    node_rx: Option<watch::Receiver<Option<Snapshot<Node>>>>,
+    reboot_issued: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.opts.node)
+            .finish()
+    }
+}
+
+type CmRx = watch::Receiver<Option<Snapshot<ConfigMap>>>;
+
+impl Agent {
+    pub fn new(opts: AgentOptions, kube: Kube, host: Arc<dyn HostActions>) -> Self {
+        let slots = Slots::new(
+            kube.client.clone(),
+            &opts.namespace,
+            &opts.node,
+            opts.lease_duration,
+        );
+        Self {
+            metrics: Arc::new(Metrics::new(&opts.node)),
+            healthy: Arc::new(AtomicBool::new(false)),
+            slots,
+            opts,
+            kube,
+            host,
+            config: None,
+            patch: None,
+            seen_drain_cm: None,
+            seen_patch_cm: None,
+            node_rx: None,
+            reboot_issued: false,
+        }
+    }
+
+    fn client(&self) -> &kube::Client {
+        &self.kube.client
+    }
+
+    fn node_now(&self) -> Option<Node> {
+        self.node_rx
+            .as_ref()?
+            .borrow()
+            .as_ref()?
+            .get(&self.opts.node)
+            .cloned()
+    }
+
+    async fn fresh_node(&self) -> Result<Node, kube::Error> {
+        Api::<Node>::all(self.client().clone())
+            .get(&self.opts.node)
+            .await
+    }
+
+    async fn note(&self, warning: bool, reason: &str, message: &str) {
+        if warning {
+            warn!(node = %self.opts.node, reason, "{message}");
+        } else {
+            info!(node = %self.opts.node, reason, "{message}");
+        }
+        if let Err(e) = event(self.client(), &self.opts.node, warning, reason, message).await {
+            warn!(error = %e, "posting event");
+        }
+    }
+
+    /// Records a step on the node (annotation + Event + metric), with extra annotations.
+    async fn record(
+        &self,
+        step: Step,
+        extra: &[(&str, Option<String>)],
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let mut pairs: Vec<(&str, Option<String>)> = vec![
+            (nodeann::STEP, Some(step.as_str().to_string())),
+            (nodeann::STEP_SINCE, Some(now_rfc3339())),
+        ];
+        pairs.extend(extra.iter().cloned());
+        annotate(self.client(), &self.opts.node, &pairs).await?;
+        self.metrics.set_step(step.as_str());
+        let reason = format!(
+            "OSPatch{}",
+            step.as_str()
+                .split('-')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect::<String>()
+        );
+        self.note(step == Step::Failed, &reason, message).await;
+        Ok(())
+    }
+
+    /// Publishes bootpatch's state file (first-boot result, patched version, last applied
+    /// patch time, reboot pending) on the node.
+    #[instrument(skip(self), fields(node = %self.opts.node))]
+    async fn publish_host_state(&self, first: bool) -> anyhow::Result<()> {
+        let Some(state) = self.host.state()? else {
+            return Ok(());
+        };
+        let mut pairs: Vec<(&str, Option<String>)> = Vec::new();
+        if let Some(v) = &state.patched_version {
+            pairs.push((nodeann::PATCHED_VERSION, Some(v.clone())));
+        }
+        if let Some(t) = &state.last_applied_patch_time {
+            pairs.push((nodeann::LAST_APPLIED_PATCH_TIME, Some(t.clone())));
+        }
+        pairs.push((
+            nodeann::REBOOT_REQUIRED,
+            Some(state.reboot_pending.is_some().to_string()),
+        ));
+        let first_boot = state.first_boot.as_ref().map(|f| match &f.error {
+            Some(e) => format!("{} ({}: {})", f.result, e.kind, e.message),
+            None => format!("{} at {}", f.result, f.at),
+        });
+        if let Some(fb) = &first_boot {
+            pairs.push((nodeann::FIRST_BOOT_RESULT, Some(fb.clone())));
+        }
+        let before = self.node_now();
+        annotate(self.client(), &self.opts.node, &pairs).await?;
+        if first {
+            if let Some(fb) = first_boot {
+                let known = before
+                    .as_ref()
+                    .and_then(|n| annotation(n, nodeann::FIRST_BOOT_RESULT))
+                    == Some(fb.as_str());
+                if !known {
+                    let failed = fb.starts_with("failed");
+                    self.note(
+                        failed,
+                        "OSPatchFirstBoot",
+                        &format!("first-boot patch: {fb}"),
+                    )
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reparses the policy ConfigMaps when they change; a policy that does not parse is
+    /// reported and the last good one stays in force.
+    async fn load_policies(&mut self, cms: &Snapshot<ConfigMap>, drain_cms: &Snapshot<ConfigMap>) {
+        let drain_cm = drain_cms.get(&self.opts.drain_policy_name);
+        let key = drain_cm.map(|c| c.metadata.resource_version.clone().unwrap_or_default());
+        let key = key.unwrap_or_else(|| "absent".into());
+        if self.seen_drain_cm.as_deref() != Some(key.as_str()) {
+            self.seen_drain_cm = Some(key);
+            let data = drain_cm.and_then(|c| c.data.clone()).unwrap_or_default();
+            match policy::parse_agent_config(&data) {
+                Ok((cfg, warnings)) => {
+                    for w in warnings {
+                        self.note(true, "DrainPolicyWarning", &w).await;
+                    }
+                    if self.config.as_ref() != Some(&cfg) {
+                        info!(node = %self.opts.node, policy = ?cfg, "drain policy in force");
+                    }
+                    self.config = Some(cfg);
+                    self.metrics
+                        .drain_policy_valid
+                        .store(true, Ordering::Relaxed);
+                    let _ = annotate(
+                        self.client(),
+                        &self.opts.node,
+                        &[("ospatch.bootpatch.io/policy-error", None)],
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    self.metrics
+                        .drain_policy_valid
+                        .store(false, Ordering::Relaxed);
+                    let kept = if self.config.is_some() {
+                        "the last good policy stays in force"
+                    } else {
+                        "no drain policy has parsed yet: nothing will be drained until one does"
+                    };
+                    let msg = format!(
+                        "drain policy ConfigMap {}/{} does not parse: {e}; {kept}",
+                        self.opts.drain_policy_namespace, self.opts.drain_policy_name
+                    );
+                    self.note(true, "DrainPolicyInvalid", &msg).await;
+                    let _ = annotate(
+                        self.client(),
+                        &self.opts.node,
+                        &[("ospatch.bootpatch.io/policy-error", Some(msg))],
+                    )
+                    .await;
+                }
+            }
+        }
+        let patch_cm = cms.get(&self.opts.patch_policy_name);
+        let key = patch_cm
+            .map(|c| c.metadata.resource_version.clone().unwrap_or_default())
+            .unwrap_or_else(|| "absent".into());
+        if self.seen_patch_cm.as_deref() != Some(key.as_str()) {
+            self.seen_patch_cm = Some(key);
+            let data = patch_cm.and_then(|c| c.data.clone()).unwrap_or_default();
+            match policy::parse_patch_policy(&data) {
+                Ok(p) => {
+                    self.patch = Some(p);
+                    self.metrics
+                        .patch_policy_valid
+                        .store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics
+                        .patch_policy_valid
+                        .store(false, Ordering::Relaxed);
+                    let msg = format!(
+                        "patch policy ConfigMap {}/{} does not parse: {e}; the last good policy stays in force",
+                        self.opts.namespace, self.opts.patch_policy_name
+                    );
+                    self.note(true, "PatchPolicyInvalid", &msg).await;
+                }
+            }
+        }
+    }
+
+    /// Runs until cancelled (drop the future, or abort its task).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let client = self.client().clone();
+        let t = self.opts.watch_timeout;
+        let (node_rx, _n) = spawn_watch::<Node>(
+            client.clone(),
+            None,
+            Some(format!("metadata.name={}", self.opts.node)),
+            None,
+            t,
+        );
+        let (mut cm_rx, _c) = spawn_watch::<ConfigMap>(
+            client.clone(),
+            Some(self.opts.namespace.clone()),
+            None,
+            None,
+            t,
+        );
+        let (mut dcm_rx, _d): (CmRx, Option<AbortOnDrop>) =
+            if self.opts.drain_policy_namespace == self.opts.namespace {
+                (cm_rx.clone(), None)
+            } else {
+                let (rx, h) = spawn_watch::<ConfigMap>(
+                    client.clone(),
+                    Some(self.opts.drain_policy_namespace.clone()),
+                    Some(format!("metadata.name={}", self.opts.drain_policy_name)),
+                    None,
+                    t,
+                );
+                (rx, Some(h))
+            };
+        self.node_rx = Some(node_rx.clone());
+        let mut node_rx = node_rx;
+        for rx in [&mut cm_rx, &mut dcm_rx] {
+            rx.wait_for(Option::is_some).await?;
+        }
+        node_rx
+            .wait_for(|s| s.as_ref().is_some_and(|m| !m.is_empty()))
+            .await?;
+        if let Err(e) = self.publish_host_state(true).await {
+            warn!(error = %format!("{e:#}"), "publishing the host's patch state");
+        }
+        self.healthy.store(true, Ordering::Relaxed);
+        loop {
+            let cms = cm_rx.borrow_and_update().clone().unwrap_or_default();
+            let dcms = dcm_rx.borrow_and_update().clone().unwrap_or_default();
+            self.load_policies(&cms, &dcms).await;
+            let Some(node) = node_rx
+                .borrow_and_update()
+                .as_ref()
+                .and_then(|m| m.get(&self.opts.node).cloned())
+            else {
+                node_rx.changed().await?;
+                continue;
+            };
+            let step = nodeann::step_of(&node);
+            let wake: Option<DateTime<Utc>> = if step == Step::Failed {
+                None
+            } else if step.in_run() {
+                if let Err(e) = self.resume(step, &mut cm_rx, &mut dcm_rx).await {
+                    self.report_stop(e).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            } else {
+                match self.consider(&node).await {
+                    Ok(Consider::Wait(w)) => w,
+                    Ok(Consider::Run(reason)) => {
+                        if let Err(e) = self.start_run(reason, &mut cm_rx, &mut dcm_rx).await {
+                            self.report_stop(e).await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "deciding");
+                        Some(Utc::now() + chrono::Duration::seconds(5))
+                    }
+                }
+            };
+            let sleep = match wake {
+                Some(w) => (w - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                None => Duration::from_secs(365 * 86_400),
+            };
+            tokio::select! {
+                r = node_rx.changed() => r?,
+                r = cm_rx.changed() => r?,
+                r = dcm_rx.changed() => r?,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn report_stop(&self, e: Stop) {
+        match e {
+            Stop::SlotLost => {
+                warn!(node = %self.opts.node, "slot lost while running; stopping");
+            }
+            Stop::Api(e) => warn!(node = %self.opts.node, error = %e, "API error; will retry"),
+            Stop::Other(e) => {
+                warn!(node = %self.opts.node, error = %format!("{e:#}"), "run stopped; will retry")
+            }
+        }
+        self.metrics.slot_held.store(false, Ordering::Relaxed);
+        self.metrics.draining.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the idle node should run now, or when to look again.
+    async fn consider(&mut self, node: &Node) -> Result<Consider, kube::Error> {
+        let Some(patch) = self.patch.clone() else {
+            return Ok(Consider::Wait(None));
+        };
+        let rec = nodeann::record_of(node);
+        let due = policy::due(&patch, &rec, Utc::now());
+        if let Some(msg) = nodeann::refusal(node, patch.imported_cluster) {
+            if matches!(due, Due::Now(_))
+                || annotation(node, nodeann::LAST_RESULT) != Some("refused")
+            {
+                if annotation(node, nodeann::LAST_MESSAGE) != Some(msg.as_str()) {
+                    self.note(true, "OSPatchRefused", &msg).await;
+                }
+                annotate(
+                    self.client(),
+                    &self.opts.node,
+                    &[
+                        (nodeann::LAST_RESULT, Some("refused".into())),
+                        (nodeann::LAST_MESSAGE, Some(msg)),
+                        (nodeann::LAST_RUN_START, Some(now_rfc3339())),
+                    ],
+                )
+                .await?;
+                self.metrics.record_result("refused");
+            }
+            return Ok(Consider::Wait(None));
+        }
+        if patch.paused || self.config.is_none() {
+            return Ok(Consider::Wait(None));
+        }
+        match due {
+            Due::Later(t) => Ok(Consider::Wait(t)),
+            Due::Now(reason) if patch.in_window(Utc::now()) => Ok(Consider::Run(reason)),
+            Due::Now(_) => Ok(Consider::Wait(Some(
+                Utc::now() + chrono::Duration::from_std(self.opts.window_check).unwrap_or_default(),
+            ))),
+        }
+    }
+
+    /// Waits for a slot (its preferred one by watching it, the others now and then), marks the
+    /// previous holder of a taken-over slot failed. `None` if the node stopped being due.
+    #[instrument(skip_all, fields(node = %self.opts.node))]
+    async fn wait_for_slot(
+        &mut self,
+        cm_rx: &mut CmRx,
+        dcm_rx: &mut CmRx,
+    ) -> Result<Option<Acquired>, Stop> {
+        if let Some(name) = self.slots.mine().await? {
+            if let Some(a) = self.slots.try_slot(&name, None).await? {
+                return Ok(Some(a));
+            }
+        }
+        let nodes = Api::<Node>::all(self.client().clone())
+            .list(&ListParams::default())
+            .await?;
+        let mut names: Vec<String> = nodes
+            .items
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        names.sort();
+        let rank = names.iter().position(|n| *n == self.opts.node).unwrap_or(0) as u32;
+        let n = self
+            .patch
+            .as_ref()
+            .map_or(1, |p| p.max_concurrency.slots(names.len()));
+        let preferred = slots::slot_name(rank % n);
+        let (mut lease_rx, _w) = spawn_watch::<Lease>(
+            self.client().clone(),
+            Some(self.opts.namespace.clone()),
+            Some(format!("metadata.name={preferred}")),
+            None,
+            self.opts.watch_timeout,
+        );
+        let mut next_steal = tokio::time::Instant::now();
+        loop {
+            // Everything free, expired, or ours, now and then.
+            if tokio::time::Instant::now() >= next_steal {
+                next_steal = tokio::time::Instant::now() + self.opts.steal_interval;
+                let leases = self.slots.list().await?;
+                let mut candidates: Vec<(u32, Option<Lease>)> = (0..n).map(|i| (i, None)).collect();
+                for l in leases {
+                    if let Some(i) = l.metadata.name.as_deref().and_then(slots::slot_index) {
+                        if i < n {
+                            candidates[i as usize].1 = Some(l);
+                        }
+                    }
+                }
+                // Preferred first, then the rest.
+                candidates.rotate_left((rank % n) as usize);
+                for (i, l) in candidates {
+                    let free = match &l {
+                        None => true,
+                        Some(l) => {
+                            slots::holder(l).is_none()
+                                || slots::holder(l) == Some(self.opts.node.as_str())
+                                || slots::expired(l, Utc::now())
+                        }
+                    };
+                    if free {
+                        if let Some(a) = self.slots.try_slot(&slots::slot_name(i), l).await? {
+                            return Ok(Some(a));
+                        }
+                    }
+                }
+            }
+            let snapshot = lease_rx.borrow_and_update().clone();
+            let mut wake = next_steal;
+            if let Some(snap) = snapshot {
+                let lease = snap.get(&preferred).cloned();
+                let free = match &lease {
+                    None => true,
+                    Some(l) => slots::holder(l).is_none() || slots::expired(l, Utc::now()),
+                };
+                if free {
+                    if let Some(a) = self.slots.try_slot(&preferred, lease).await? {
+                        return Ok(Some(a));
+                    }
+                    continue;
+                }
+                if let Some(exp) = lease.as_ref().and_then(slots::expires_at) {
+                    let d = (exp - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+                        + Duration::from_millis(50);
+                    wake = wake.min(tokio::time::Instant::now() + d);
+                }
+            }
+            tokio::select! {
+                r = lease_rx.changed() => { if r.is_err() { return Ok(None); } }
+                r = cm_rx.changed() => {
+                    r.map_err(|e| Stop::Other(e.into()))?;
+                    let cms = cm_rx.borrow_and_update().clone().unwrap_or_default();
+                    let dcms = dcm_rx.borrow().clone().unwrap_or_default();
+                    self.load_policies(&cms, &dcms).await;
+                    if self.patch.as_ref().is_none_or(|p| p.paused) {
+                        return Ok(None);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn mark_taken_over(&self, from: &str, slot: &str) {
+        let msg = format!(
+            "patch slot {slot} taken over by {}: this node's agent did not renew it for {:?}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it",
+            self.opts.node, self.opts.lease_duration
+        );
+        warn!(node = %from, "{msg}");
+        let r = annotate(
+            self.client(),
+            from,
+            &[
+                (nodeann::STEP, Some(Step::Failed.as_str().into())),
+                (nodeann::STEP_SINCE, Some(now_rfc3339())),
+                (nodeann::LAST_RESULT, Some("failed".into())),
+                (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                (nodeann::SLOT, None),
+            ],
+        )
+        .await;
+        if let Err(e) = r {
+            warn!(error = %e, node = %from, "marking the node failed");
+        }
+        let _ = event(self.client(), from, true, "OSPatchFailed", &msg).await;
+    }
+
+    async fn start_run(
+        &mut self,
+        reason: &str,
+        cm_rx: &mut CmRx,
+        dcm_rx: &mut CmRx,
+    ) -> Result<(), Stop> {
+        let Some(acquired) = self.wait_for_slot(cm_rx, dcm_rx).await? else {
+            return Ok(());
+        };
+        if let Acquired::TakenOver { from, name } = &acquired {
+            if from != &self.opts.node {
+                self.mark_taken_over(from, name).await;
+            }
+        }
+        let slot = acquired.name().to_string();
+        let started = std::time::Instant::now();
+        self.record(
+            Step::Idle.take_slot()?,
+            &[
+                (nodeann::LAST_RUN_START, Some(now_rfc3339())),
+                (nodeann::SLOT, Some(slot.clone())),
+                (nodeann::CORDONED_BY_AGENT, None),
+                (nodeann::BOOT_ID, None),
+            ],
+            &format!("{reason} patch run: took slot {slot}"),
+        )
+        .await?;
+        self.drive(Step::SlotHeld, slot, started).await
+    }
+
+    /// Picks up a run after a restart.
+    #[instrument(skip_all, fields(node = %self.opts.node, step = %step))]
+    async fn resume(
+        &mut self,
+        step: Step,
+        cm_rx: &mut CmRx,
+        dcm_rx: &mut CmRx,
+    ) -> Result<(), Stop> {
+        let node = self.fresh_node().await?;
+        let step_now = nodeann::step_of(&node);
+        if step_now != step {
+            return Ok(());
+        }
+        info!(node = %self.opts.node, step = %step, "resuming the patch run");
+        let started = std::time::Instant::now();
+        if let Some(name) = annotation(&node, nodeann::SLOT).map(str::to_string) {
+            if let Some(a) = self.slots.try_slot(&name, None).await? {
+                if let Acquired::TakenOver { from, name } = &a {
+                    if from != &self.opts.node {
+                        self.mark_taken_over(from, name).await;
+                    }
+                }
+                return self.drive(step, a.name().to_string(), started).await;
+            }
+            // Someone else holds it: we were taken over (they mark us failed) unless we
+            // had finished.
+            if step == Step::Uncordoned {
+                return self.finish(started, None).await;
+            }
+            let lease = Api::<Lease>::namespaced(self.client().clone(), &self.opts.namespace)
+                .get_opt(&name)
+                .await?;
+            if lease.as_ref().and_then(slots::holder).is_some() {
+                self.record(
+                    step.abandon()?,
+                    &[(nodeann::LAST_RESULT, Some("failed".into()))],
+                    "this node's patch slot was taken over while its agent was away; left as it is for a human",
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+        if step == Step::Uncordoned {
+            return self.finish(started, None).await;
+        }
+        match self.wait_for_slot(cm_rx, dcm_rx).await? {
+            Some(a) => {
+                if let Acquired::TakenOver { from, name } = &a {
+                    if from != &self.opts.node {
+                        self.mark_taken_over(from, name).await;
+                    }
+                }
+                annotate(
+                    self.client(),
+                    &self.opts.node,
+                    &[(nodeann::SLOT, Some(a.name().to_string()))],
+                )
+                .await?;
+                self.drive(step, a.name().to_string(), started).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Drives the cycle from `step` with `slot` held, renewing it meanwhile.
+    async fn drive(
+        &mut self,
+        mut step: Step,
+        slot: String,
+        started: std::time::Instant,
+    ) -> Result<(), Stop> {
+        let lost = Arc::new(AtomicBool::new(false));
+        let _renewer = {
+            let slots = self.slots.clone();
+            let lost = lost.clone();
+            let slot = slot.clone();
+            let every = self.opts.lease_duration / 3;
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match slots.renew(&slot).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => warn!(error = %e, "renewing the slot"),
+                    }
+                }
+            }))
+        };
+        self.metrics.slot_held.store(true, Ordering::Relaxed);
+        loop {
+            if lost.load(Ordering::SeqCst) {
+                self.metrics.slot_held.store(false, Ordering::Relaxed);
+                return Err(Stop::SlotLost);
+            }
+            step = match step {
+                Step::SlotHeld => self.cordon(step).await?,
+                Step::Cordoned => match self.drain(step).await? {
+                    Some(s) => s,
+                    None => return self.abort_run(&slot, started).await,
+                },
+                Step::Drained => {
+                    let s = step.patch()?;
+                    self.record(s, &[], "patching: running bootpatch apply on the host")
+                        .await?;
+                    s
+                }
+                Step::Patching => self.apply(step, &slot, started).await?,
+                Step::Rebooting => self.after_reboot(step).await?,
+                Step::Uncordoned => return self.finish(started, Some(&slot)).await,
+                Step::Idle | Step::Failed => return Ok(()),
+            };
+        }
+    }
+
+    /// Cordons the node unless an admin already did (then it is left cordoned at the end).
+    #[instrument(skip_all, fields(node = %self.opts.node))]
+    async fn cordon(&self, step: Step) -> Result<Step, Stop> {
+        let next = step.cordon()?;
+        let node = self.fresh_node().await?;
+        let ours = annotation(&node, nodeann::CORDONED_BY_AGENT) == Some("true");
+        let msg;
+        if nodeann::unschedulable(&node) && !ours {
+            annotate(
+                self.client(),
+                &self.opts.node,
+                &[(nodeann::CORDONED_BY_AGENT, Some("false".into()))],
+            )
+            .await?;
+            msg = "node was already cordoned by someone else: it stays cordoned after the run";
+        } else {
+            let api: Api<Node> = Api::all(self.client().clone());
+            api.patch(
+                &self.opts.node,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({
+                    "metadata": {"annotations": {nodeann::CORDONED_BY_AGENT: "true"}},
+                    "spec": {"unschedulable": true}
+                })),
+            )
+            .await?;
+            msg = "cordoned";
+        }
+        self.record(next, &[], msg).await?;
+        Ok(next)
+    }
+
+    async fn uncordon_if_ours(&self) -> Result<bool, kube::Error> {
+        let node = self.fresh_node().await?;
+        if annotation(&node, nodeann::CORDONED_BY_AGENT) != Some("true") {
+            return Ok(false);
+        }
+        let api: Api<Node> = Api::all(self.client().clone());
+        api.patch(
+            &self.opts.node,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({
+                "metadata": {"annotations": {nodeann::CORDONED_BY_AGENT: null}},
+                "spec": {"unschedulable": null}
+            })),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Drains; `None` if the drain failed (the caller aborts the run).
+    #[instrument(skip_all, fields(node = %self.opts.node))]
+    async fn drain(&mut self, step: Step) -> Result<Option<Step>, Stop> {
+        let Some(cfg) = self.config.clone() else {
+            return Err(Stop::Other(anyhow::anyhow!("no drain policy has parsed")));
+        };
+        let policy: DrainPolicy = cfg.drain.clone();
+        self.metrics.draining.store(true, Ordering::Relaxed);
+        let drain_started = Utc::now();
+        let observer = Arc::new(Observer {
+            metrics: self.metrics.clone(),
+            node: self.opts.node.clone(),
+        });
+        let r = drain::drain_node(
+            self.client(),
+            &self.opts.node,
+            &policy,
+            &self.opts.timing,
+            observer,
+        )
+        .await;
+        self.metrics.draining.store(false, Ordering::Relaxed);
+        self.metrics.pdb_blocked.store(false, Ordering::Relaxed);
+        match r {
+            Ok(report) => {
+                let mut extra = vec![];
+                if cfg.workloads {
+                    let moved = self.workloads_moved(&report, drain_started).await;
+                    if !moved.is_empty() {
+                        self.note(
+                            false,
+                            "OSPatchWorkloadsMoved",
+                            &format!("moved: {}", moved.join(", ")),
+                        )
+                        .await;
+                    }
+                    extra.push((
+                        nodeann::WORKLOADS_MOVED,
+                        Some(serde_json::to_string(&moved).unwrap_or_default()),
+                    ));
+                }
+                let next = step.drained()?;
+                self.record(
+                    next,
+                    &extra,
+                    &format!("drained: {} pods evicted", report.evicted.len()),
+                )
+                .await?;
+                Ok(Some(next))
+            }
+            Err(e) => {
+                let label = e.label();
+                let msg = format!("drain failed ({label}): {e}");
+                self.note(true, "OSPatchDrainFailed", &msg).await;
+                annotate(
+                    self.client(),
+                    &self.opts.node,
+                    &[
+                        (nodeann::LAST_RESULT, Some(format!("drain-{label}"))),
+                        (nodeann::LAST_MESSAGE, Some(msg)),
+                    ],
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// For `feature.workloads: enable`: which evicted pod went where (its controller's new pod).
+    async fn workloads_moved(
+        &self,
+        report: &drain::DrainReport,
+        since: DateTime<Utc>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut namespaces: Vec<&str> = report.moved.iter().map(|m| m.0.as_str()).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        for ns in namespaces.into_iter().take(20) {
+            let Ok(pods) = Api::<Pod>::namespaced(self.client().clone(), ns)
+                .list(&ListParams::default())
+                .await
+            else {
+                continue;
+            };
+            let mut used = std::collections::HashSet::new();
+            for (_, name, kind, owner) in report.moved.iter().filter(|m| m.0 == ns) {
+                let to = pods.items.iter().find(|p| {
+                    let pname = p.metadata.name.clone().unwrap_or_default();
+                    !used.contains(&pname)
+                        && pname != *name
+                        && !owner.is_empty()
+                        && drain::controller_of(p) == Some((kind.as_str(), owner.as_str()))
+                        && p.metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .is_some_and(|t| t.0 >= since - chrono::Duration::seconds(1))
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            != Some(self.opts.node.as_str())
+                });
+                let dest = match to {
+                    Some(p) => {
+                        let pname = p.metadata.name.clone().unwrap_or_default();
+                        used.insert(pname.clone());
+                        let on = p
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.clone())
+                            .unwrap_or_else(|| "(pending)".into());
+                        format!("{ns}/{pname} on {on}")
+                    }
+                    None => "(not replaced)".into(),
+                };
+                out.push(format!("{ns}/{name} -> {dest}"));
+            }
+        }
+        out.truncate(50);
+        out
+    }
+
+    /// Runs bootpatch; reboots if required and allowed, else goes on to uncordon.
+    #[instrument(skip_all, fields(node = %self.opts.node))]
+    async fn apply(
+        &mut self,
+        step: Step,
+        slot: &str,
+        started: std::time::Instant,
+    ) -> Result<Step, Stop> {
+        let report = match self.host.apply().await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("bootpatch apply failed: {e:#}");
+                self.note(true, "OSPatchApplyFailed", &msg).await;
+                let next = step.uncordon()?;
+                self.uncordon_if_ours().await?;
+                self.record(
+                    next,
+                    &[
+                        (nodeann::LAST_RESULT, Some("patch-failed".into())),
+                        (nodeann::LAST_MESSAGE, Some(msg)),
+                    ],
+                    "uncordoned after a failed patch",
+                )
+                .await?;
+                self.release_and_idle(slot, started, "patch-failed", None)
+                    .await?;
+                return Ok(Step::Idle);
+            }
+        };
+        if let Err(e) = self.publish_host_state(false).await {
+            warn!(error = %format!("{e:#}"), "publishing the host's patch state");
+        }
+        let allowed = self.patch.as_ref().is_none_or(|p| p.reboot_if_required);
+        let mut extra = vec![(
+            nodeann::REBOOT_REQUIRED,
+            Some(report.reboot_required.to_string()),
+        )];
+        if let Some(v) = &report.patched_version_after {
+            extra.push((nodeann::PATCHED_VERSION, Some(v.clone())));
+        }
+        if report.reboot_required && allowed {
+            let boot = self.host.boot_id()?;
+            extra.push((nodeann::BOOT_ID, Some(boot)));
+            let next = step.reboot()?;
+            self.record(
+                next,
+                &extra,
+                &format!(
+                    "bootpatch: {}; rebooting (required by {})",
+                    report.result,
+                    report.reboot_packages.join(", ")
+                ),
+            )
+            .await?;
+            self.host.reboot().await?;
+            self.reboot_issued = true;
+            Ok(next)
+        } else {
+            if report.reboot_required {
+                self.note(true, "OSPatchRebootRequired", "a reboot is required but rebootIfRequired is false: the patch may not be complete until the node reboots").await;
+            }
+            let next = step.uncordon()?;
+            self.uncordon_if_ours().await?;
+            self.record(
+                next,
+                &extra,
+                &format!("bootpatch: {}; uncordoned", report.result),
+            )
+            .await?;
+            Ok(next)
+        }
+    }
+
+    /// After the reboot: a new boot id, the node Ready again, then uncordon.
+    #[instrument(skip_all, fields(node = %self.opts.node))]
+    async fn after_reboot(&mut self, step: Step) -> Result<Step, Stop> {
+        let node = self.fresh_node().await?;
+        let before = annotation(&node, nodeann::BOOT_ID)
+            .unwrap_or("")
+            .to_string();
+        let mut asked = std::time::Instant::now();
+        while self.host.boot_id()? == before {
+            // Still the boot that asked: the reboot has not happened (or an agent died before
+            // asking). Ask (again) now and then.
+            if !self.reboot_issued || asked.elapsed() > Duration::from_secs(300) {
+                self.host.reboot().await?;
+                self.reboot_issued = true;
+                asked = std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.reboot_issued = false;
+        let deadline = tokio::time::Instant::now() + self.opts.node_ready_timeout;
+        if let Some(mut rx) = self.node_rx.clone() {
+            let name = self.opts.node.clone();
+            let _ = tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|s| {
+                    s.as_ref()
+                        .and_then(|m| m.get(&name))
+                        .is_some_and(nodeann::ready)
+                }),
+            )
+            .await;
+        }
+        if let Err(e) = self.publish_host_state(false).await {
+            warn!(error = %format!("{e:#}"), "publishing the host's patch state");
+        }
+        let next = step.uncordon()?;
+        self.uncordon_if_ours().await?;
+        self.record(
+            next,
+            &[(nodeann::REBOOT_REQUIRED, Some("false".into()))],
+            "rebooted; uncordoned",
+        )
+        .await?;
+        Ok(next)
+    }
+
+    async fn release_and_idle(
+        &self,
+        slot: &str,
+        started: std::time::Instant,
+        result: &str,
+        message: Option<String>,
+    ) -> Result<(), Stop> {
+        self.slots.release(slot).await?;
+        self.metrics.slot_held.store(false, Ordering::Relaxed);
+        self.metrics
+            .patch_duration_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.metrics.record_result(result);
+        let mut extra = vec![
+            (nodeann::SLOT, None),
+            (nodeann::LAST_RESULT, Some(result.to_string())),
+        ];
+        if let Some(m) = message {
+            extra.push((nodeann::LAST_MESSAGE, Some(m)));
+        }
+        annotate(self.client(), &self.opts.node, &extra).await?;
+        let node = self.fresh_node().await?;
+        if nodeann::step_of(&node) != Step::Idle {
+            self.record(Step::Idle, &[], &format!("slot {slot} released ({result})"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        started: std::time::Instant,
+        slot: Option<&str>,
+    ) -> Result<(), Stop> {
+        let slot = match slot {
+            Some(s) => s.to_string(),
+            None => annotation(&self.fresh_node().await?, nodeann::SLOT)
+                .unwrap_or("")
+                .to_string(),
+        };
+        Step::Uncordoned.release()?;
+        self.release_and_idle(&slot, started, "success", Some("patched".into()))
+            .await
+    }
+
+    /// A failed drain: uncordon if we cordoned, release the slot, back to idle (retried at the
+    /// next schedule occurrence or request).
+    async fn abort_run(&mut self, slot: &str, started: std::time::Instant) -> Result<(), Stop> {
+        let node = self.fresh_node().await?;
+        let step = nodeann::step_of(&node);
+        step.abort()?;
+        let uncordoned = self.uncordon_if_ours().await?;
+        let result = annotation(&node, nodeann::LAST_RESULT)
+            .unwrap_or("drain-failed")
+            .to_string();
+        let msg = annotation(&node, nodeann::LAST_MESSAGE).map(str::to_string);
+        info!(node = %self.opts.node, uncordoned, "run aborted after a failed drain");
+        self.release_and_idle(slot, started, &result, msg).await
+    }
+}
+
+enum Consider {
+    Wait(Option<DateTime<Utc>>),
+    Run(&'static str),
+}

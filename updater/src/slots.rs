@@ -1,0 +1,263 @@
+//! Cluster-wide patch slots: coordination.k8s.io Leases `ospatch-slot-<i>`, at most
+//! `maxConcurrency` of them held. A holder renews its Lease while it holds it; a Lease not
+//! renewed for its duration is expired and may be taken over (the caller then marks the old
+//! holder's node failed). Release clears the holder so waiters watching the Lease see it free.
+//! This module does not decide when to patch or what to do with a node.
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use std::time::Duration;
+
+pub const SLOT_PREFIX: &str = "ospatch-slot-";
+pub const SLOT_LABEL: &str = "ospatch.bootpatch.io/slot";
+
+/// How a slot was got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// Free (absent, released, or never held).
+    Fresh(String),
+    /// Already ours (an agent that came back).
+    Resumed(String),
+    /// Expired: its holder (a node name) was gone past the lease duration.
+    TakenOver { name: String, from: String },
+}
+
+impl Acquired {
+    pub fn name(&self) -> &str {
+        match self {
+            Acquired::Fresh(n) | Acquired::Resumed(n) => n,
+            Acquired::TakenOver { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Slots {
+    api: Api<Lease>,
+    me: String,
+    duration: Duration,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots").field("me", &self.me).finish()
+    }
+}
+
+pub fn slot_name(i: u32) -> String {
+    format!("{SLOT_PREFIX}{i}")
+}
+
+pub fn slot_index(name: &str) -> Option<u32> {
+    name.strip_prefix(SLOT_PREFIX)?.parse().ok()
+}
+
+/// The holder of a lease, if any.
+pub fn holder(l: &Lease) -> Option<&str> {
+    l.spec
+        .as_ref()?
+        .holder_identity
+        .as_deref()
+        .filter(|h| !h.is_empty())
+}
+
+/// Whether a held lease has not been renewed within its duration.
+pub fn expired(l: &Lease, now: chrono::DateTime<Utc>) -> bool {
+    let Some(spec) = &l.spec else { return true };
+    let dur = i64::from(spec.lease_duration_seconds.unwrap_or(60));
+    match spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) {
+        Some(t) => (now - t.0).num_milliseconds() > dur * 1000,
+        None => true,
+    }
+}
+
+/// When a held lease expires.
+pub fn expires_at(l: &Lease) -> Option<chrono::DateTime<Utc>> {
+    let spec = l.spec.as_ref()?;
+    let dur = i64::from(spec.lease_duration_seconds.unwrap_or(60));
+    let t = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
+    Some(t.0 + chrono::Duration::seconds(dur))
+}
+
+impl Slots {
+    pub fn new(client: Client, namespace: &str, me: &str, duration: Duration) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            me: me.to_string(),
+            duration,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    fn spec_for_me(&self, transitions: i32) -> LeaseSpec {
+        let now = MicroTime(Utc::now());
+        LeaseSpec {
+            holder_identity: Some(self.me.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// All slot leases.
+    pub async fn list(&self) -> Result<Vec<Lease>, kube::Error> {
+        Ok(self
+            .api
+            .list(&ListParams::default().labels(&format!("{SLOT_LABEL}=true")))
+            .await?
+            .items)
+    }
+
+    /// The slot this node holds, if any.
+    pub async fn mine(&self) -> Result<Option<String>, kube::Error> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|l| holder(l) == Some(self.me.as_str()))
+            .and_then(|l| l.metadata.name))
+    }
+
+    /// Tries one slot: create it, take it if free or expired, resume it if ours. `None` if
+    /// someone else holds it (or won the race).
+    pub async fn try_slot(
+        &self,
+        name: &str,
+        current: Option<Lease>,
+    ) -> Result<Option<Acquired>, kube::Error> {
+        let current = match current {
+            Some(c) => Some(c),
+            None => self.api.get_opt(name).await?,
+        };
+        match current {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_string()),
+                        labels: Some([(SLOT_LABEL.to_string(), "true".to_string())].into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec_for_me(0)),
+                };
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(Some(Acquired::Fresh(name.to_string()))),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(l) => {
+                let h = holder(&l).map(str::to_string);
+                let result = match h.as_deref() {
+                    Some(h) if h == self.me => Acquired::Resumed(name.to_string()),
+                    None => Acquired::Fresh(name.to_string()),
+                    Some(h) if expired(&l, Utc::now()) => Acquired::TakenOver {
+                        name: name.to_string(),
+                        from: h.to_string(),
+                    },
+                    Some(_) => return Ok(None),
+                };
+                let transitions = l
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_transitions)
+                    .unwrap_or(0)
+                    + i32::from(!matches!(result, Acquired::Resumed(_)));
+                let mut spec = self.spec_for_me(transitions);
+                if matches!(result, Acquired::Resumed(_)) {
+                    spec.acquire_time = l.spec.as_ref().and_then(|s| s.acquire_time.clone());
+                }
+                let mut new = l.clone();
+                new.spec = Some(spec);
+                match self.api.replace(name, &PostParams::default(), &new).await {
+                    Ok(_) => Ok(Some(result)),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Renews a held slot. `Ok(false)` if it is no longer ours (taken over).
+    pub async fn renew(&self, name: &str) -> Result<bool, kube::Error> {
+        let Some(l) = self.api.get_opt(name).await? else {
+            return Ok(false);
+        };
+        if holder(&l) != Some(self.me.as_str()) {
+            return Ok(false);
+        }
+        let mut new = l.clone();
+        if let Some(s) = new.spec.as_mut() {
+            s.renew_time = Some(MicroTime(Utc::now()));
+        }
+        match self.api.replace(name, &PostParams::default(), &new).await {
+            Ok(_) => Ok(true),
+            // Someone wrote it between our read and write: look again next time.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases a slot if it is ours (idempotent).
+    pub async fn release(&self, name: &str) -> Result<(), kube::Error> {
+        let Some(l) = self.api.get_opt(name).await? else {
+            return Ok(());
+        };
+        if holder(&l) != Some(self.me.as_str()) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": l.metadata.resource_version},
+            "spec": {"holderIdentity": null, "renewTime": null, "acquireTime": null}
+        });
+        match self
+            .api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(self.release(name)).await,
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renewed_secs_ago: i64, dur: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                lease_duration_seconds: Some(dur),
+                renew_time: Some(MicroTime(
+                    Utc::now() - chrono::Duration::seconds(renewed_secs_ago),
+                )),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn expiry_and_holders() {
+        assert!(!expired(&lease(Some("a"), 5, 10), Utc::now()));
+        assert!(expired(&lease(Some("a"), 11, 10), Utc::now()));
+        assert_eq!(holder(&lease(Some(""), 0, 10)), None);
+        assert_eq!(holder(&lease(Some("n1"), 0, 10)), Some("n1"));
+        assert_eq!(slot_index(&slot_name(7)), Some(7));
+        assert_eq!(slot_index("other"), None);
+    }
+}
