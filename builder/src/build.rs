@@ -206,10 +206,17 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
         match &lock_in {
             None => rootfs::mmdebstrap(spec, &sources, &Origin::Network { cache: &cache }, &root, epoch, p),
             Some(l) => {
-                let repo = work.join("repo");
+                // Not below /dev/shm: mmdebstrap mounts its own /dev in the
+                // chroot, which would hide a repository bind-mounted there.
+                let repo = staging.join(".repo");
                 p.status("checking the package cache against packages.lock");
                 lock::make_local_repo(l, &cache, &repo)?;
-                rootfs::mmdebstrap(spec, &sources, &Origin::Locked { repo: &repo }, &root, epoch, p)
+                let r = rootfs::mmdebstrap(spec, &sources, &Origin::Locked {
+                        repo: &repo,
+                        packages: l.packages.iter().map(|p| p.name.clone()).collect(),
+                    }, &root, epoch, p);
+                let _ = fs::remove_dir_all(&repo);
+                r
             }
         }
     })?;

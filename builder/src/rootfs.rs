@@ -67,8 +67,10 @@ pub fn deb822(s: &Source) -> String {
 pub enum Origin<'a> {
     /// The mirrors; downloaded .debs are kept in the cache folder.
     Network { cache: &'a Path },
-    /// A local repository made from packages.lock and the cache only.
-    Locked { repo: &'a Path },
+    /// A local repository made from packages.lock and the cache only; every
+    /// locked package is asked for by name (the repository's index carries
+    /// no priorities, so the variant alone would not pick the same set).
+    Locked { repo: &'a Path, packages: Vec<String> },
 }
 
 /// Runs mmdebstrap into `target` (which must not exist).
@@ -83,6 +85,9 @@ pub fn mmdebstrap(
     cmd::require("mmdebstrap", "mmdebstrap")?;
     let mut include = vec![spec.kernel.clone()];
     include.extend(spec.packages.iter().cloned());
+    if let Origin::Locked { packages, .. } = origin {
+        include = packages.clone();
+    }
     let mut c = Command::new("mmdebstrap");
     c.env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("LC_ALL", "C.UTF-8")
@@ -124,7 +129,7 @@ pub fn mmdebstrap(
                 }
             }
         }
-        Origin::Locked { repo } => {
+        Origin::Locked { repo, .. } => {
             c.arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount");
             c.arg(&spec.os.suite).arg(target);
             c.arg(format!("deb [trusted=yes] file://{} ./", repo.display()));
