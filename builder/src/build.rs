@@ -206,9 +206,11 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
         match &lock_in {
             None => rootfs::mmdebstrap(spec, &sources, &Origin::Network { cache: &cache }, &root, epoch, p),
             Some(l) => {
-                // Not below /dev/shm: mmdebstrap mounts its own /dev in the
-                // chroot, which would hide a repository bind-mounted there.
-                let repo = staging.join(".repo");
+                // mmdebstrap's automount hook recreates this path inside the
+                // root: /var/tmp is emptied by hygiene, so no host path leaks
+                // in. (Not below /dev/shm: mmdebstrap mounts its own /dev.)
+                let repo = PathBuf::from(format!("/var/tmp/bootpatch-builder-repo-{pid}"));
+                remove_stale(Path::new("/var/tmp"), "bootpatch-builder-repo-");
                 p.status("checking the package cache against packages.lock");
                 lock::make_local_repo(l, &cache, &repo)?;
                 let r = rootfs::mmdebstrap(spec, &sources, &Origin::Locked {

@@ -220,6 +220,16 @@ pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
     );
     write(root, "/etc/fstab", fstab.as_bytes(), 0o644)?;
     fs::create_dir_all(root.join("boot/efi"))?;
+    if root.join("usr/sbin/sshd").exists() {
+        // Host keys are removed from the image; make them on the first start
+        // even when no cloud datasource does (sshd -t fails without keys).
+        write(
+            root,
+            "/etc/systemd/system/ssh.service.d/10-bootpatch-host-keys.conf",
+            b"[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+            0o644,
+        )?;
+    }
     write(root, "/etc/kernel/postinst.d/zz-bootpatch-esp", ESP_HOOK.as_bytes(), 0o755)?;
     write(root, "/etc/initramfs/post-update.d/zz-bootpatch-esp", ESP_HOOK.as_bytes(), 0o755)?;
     Ok(())
