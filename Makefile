@@ -5,7 +5,7 @@
 SPEC ?= images/debian-12.yaml
 OUT  ?= out
 
-.PHONY: image test deps lint bootpatch bench-bootpatch
+.PHONY: image test deps lint bootpatch bench-bootpatch bench-firstboot
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -27,3 +27,6 @@ test: deps bootpatch lint
 
 bench-bootpatch: deps bootpatch
 	BOOTPATCH_BIN=$$(./scripts/build-bootpatch) cargo run --locked --release -q -p bootpatch-e2e --example bench_bootpatch
+
+bench-firstboot: deps bootpatch
+	BOOTPATCH_BIN=$$(./scripts/build-bootpatch) cargo run --locked --release -q -p bootpatch-e2e --example bench_firstboot

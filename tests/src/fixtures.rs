@@ -112,58 +112,96 @@ pub struct Fixtures {
     pub base_files_v2_version: String,
 }
 
-/// Repacks the real base-files with a higher version whose
-/// /etc/debian_version is `<major>.99`, as a point release does.
-fn base_files_v2(orig: &Path, out: &Path) -> (PathBuf, String, String) {
+/// Repacks a real package with a new version (from its old one) after
+/// `edit` has changed its unpacked tree. Returns the .deb and the version.
+pub fn repack(
+    orig: &Path,
+    out: &Path,
+    new_version: impl FnOnce(&str) -> String,
+    edit: impl FnOnce(&Path, &str),
+) -> (PathBuf, String) {
     let work = tempfile::tempdir().unwrap();
-    let d = work.path().join("bf");
+    let d = work.path().join("pkg");
     let mut c = Command::new("dpkg-deb");
     c.arg("-R").arg(orig).arg(&d);
     sh(c);
     let control = std::fs::read_to_string(d.join("DEBIAN/control")).unwrap();
-    let old = control
-        .lines()
-        .find_map(|l| l.strip_prefix("Version: "))
-        .unwrap()
-        .to_string();
-    let major = old.split('.').next().unwrap().to_string();
-    let new = format!("{}+deb{major}u99", old.split('+').next().unwrap());
+    let field = |k: &str| {
+        control
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap()
+            .to_string()
+    };
+    let (name, old, arch) = (field("Package"), field("Version"), field("Architecture"));
+    let new = new_version(&old);
     std::fs::write(
         d.join("DEBIAN/control"),
         control.replace(&format!("Version: {old}"), &format!("Version: {new}")),
     )
     .unwrap();
-    let point = format!("{major}.99");
-    std::fs::write(d.join("etc/debian_version"), format!("{point}\n")).unwrap();
+    edit(&d, &name);
     // Keep the package's own checksums true to its contents.
     let md5 = d.join("DEBIAN/md5sums");
     if md5.exists() {
-        let sum = sh({
-            let mut c = Command::new("md5sum");
-            c.arg("etc/debian_version").current_dir(&d);
-            c
-        });
         let text = std::fs::read_to_string(&md5).unwrap();
-        let fixed: String = text
-            .lines()
-            .map(|l| {
-                if l.ends_with(" etc/debian_version") {
-                    sum.trim().to_string()
-                } else {
-                    l.to_string()
-                }
-            })
-            .map(|l| l + "\n")
-            .collect();
+        let mut fixed = String::new();
+        for line in text.lines() {
+            let Some((_, file)) = line.split_once("  ") else {
+                continue;
+            };
+            let mut c = Command::new("md5sum");
+            c.arg(file).current_dir(&d);
+            fixed += sh(c).trim();
+            fixed += "\n";
+        }
         std::fs::write(&md5, fixed).unwrap();
     }
-    let deb = out.join(format!("base-files_{new}_amd64.deb"));
+    let deb = out.join(format!("{name}_{}_{arch}.deb", new.replace(':', "%3a")));
     let mut c = Command::new("dpkg-deb");
     c.args(["--root-owner-group", "-Zgzip", "--build"])
         .arg(&d)
         .arg(&deb);
     sh(c);
-    (deb, new, point)
+    (deb, new)
+}
+
+/// Repacks the real base-files with a higher version whose
+/// /etc/debian_version is `<major>.99`, as a point release does. Returns the
+/// .deb, its version and the new Patched Version.
+pub fn point_release(orig: &Path, out: &Path) -> (PathBuf, String, String) {
+    let mut c = Command::new("dpkg-deb");
+    c.arg("-f").arg(orig).arg("Version");
+    let old = sh(c).trim().to_string();
+    let major = old.split('.').next().unwrap().to_string();
+    let point = format!("{major}.99");
+    let (deb, version) = repack(
+        orig,
+        out,
+        |old| format!("{}+deb{major}u99", old.split('+').next().unwrap()),
+        |d, _| std::fs::write(d.join("etc/debian_version"), format!("{point}\n")).unwrap(),
+    );
+    (deb, version, point)
+}
+
+/// Repacks a real installed package (a kernel metapackage, say) with a
+/// higher version whose postinst asks for a reboot, as kernel hooks do.
+pub fn reboot_requiring(orig: &Path, out: &Path) -> (PathBuf, String) {
+    repack(
+        orig,
+        out,
+        |old| format!("{old}+bootpatch1"),
+        |d, name| {
+            let p = d.join("DEBIAN/postinst");
+            let mut script =
+                std::fs::read_to_string(&p).unwrap_or_else(|_| "#!/bin/sh\nset -e\n".into());
+            script += &format!(
+                "if [ \"$1\" = configure ]; then\n  touch /run/reboot-required\n  grep -qx {name} /run/reboot-required.pkgs 2>/dev/null || echo {name} >> /run/reboot-required.pkgs\nfi\n"
+            );
+            std::fs::write(&p, script).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        },
+    )
 }
 
 /// Builds (once per test process) the fixture packages.
@@ -171,6 +209,24 @@ pub fn fixtures() -> &'static Fixtures {
     static F: std::sync::OnceLock<Fixtures> = std::sync::OnceLock::new();
     F.get_or_init(|| {
         let cached = crate::root::cached_root();
+        // Fixtures live as long as the test process; clear what earlier
+        // processes left (a static is never dropped).
+        if let Ok(entries) = std::fs::read_dir(crate::cache_dir()) {
+            for e in entries.flatten() {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default().as_secs() > 3600)
+                    .unwrap_or(false);
+                if stale
+                    && e.file_name()
+                        .to_string_lossy()
+                        .starts_with("bootpatch-fixtures-")
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("bootpatch-fixtures-")
             .tempdir_in(crate::cache_dir())
@@ -193,7 +249,7 @@ pub fn fixtures() -> &'static Fixtures {
             Pkg::new("bootpatch-fixture-held", "1.0").build(&v1dir),
             Pkg::new("bootpatch-fixture-oldpeer", "1.0").build(&v1dir),
         ];
-        let (bf, bf_version, point) = base_files_v2(&cached.base_files_deb, &v2dir);
+        let (bf, bf_version, point) = point_release(&cached.base_files_deb, &v2dir);
         let v2 = vec![
             bf,
             Pkg::new("bootpatch-fixture-kernel", "2.0")

@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod mirror;
 pub mod repo;
 pub mod root;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,351 @@
+//! Support for the first-boot tests in a VM: the debian-12 image built by
+//! `builder build` (cached by its inputs), a patch repository on an ext4
+//! disk made without a mount (`mkfs.ext4 -d`), user-data rendered by
+//! `builder render --provider nocloud`, a `builder seed` volume, and boots
+//! with `builder boot`, whose serial console is read for a report the guest
+//! prints before it powers off.
+//!
+//! The guest-side instrumentation (mounting the patch disk, the report, the
+//! power-off) is a second cloud-config part of a multi-part user-data, so
+//! the rendered part is exactly what users get.
+
+use crate::{cache_dir, sh, workspace, FileLock};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `builder` binary of this workspace (built on demand).
+pub fn builder_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BUILDER_BIN") {
+            return PathBuf::from(p);
+        }
+        let mut c = Command::new("cargo");
+        c.args(["build", "--quiet", "--release", "-p", "builder"])
+            .current_dir(workspace());
+        sh(c);
+        workspace().join("target/release/builder")
+    })
+    .clone()
+}
+
+fn builder(args: &[&str]) -> Command {
+    let mut c = Command::new(builder_bin());
+    c.args(args).current_dir(workspace());
+    c
+}
+
+fn sha256_hex(paths: &[&Path]) -> String {
+    let mut c = Command::new("sha256sum");
+    c.args(paths);
+    let out = sh(c);
+    let mut c = Command::new("sha256sum");
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), out.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)[..16].to_string()
+}
+
+/// A built image and the package cache it was built from.
+pub struct Image {
+    pub raw: PathBuf,
+    pub cache: PathBuf,
+}
+
+/// Builds images/debian-12.yaml (raw only) once per set of inputs: the
+/// spec, the bootpatch binary and the first-boot unit.
+pub fn debian12_image() -> Image {
+    let spec = workspace().join("images/debian-12.yaml");
+    let unit = workspace().join("templates/systemd/bootpatch-firstboot.service");
+    let bin = crate::bootpatch_bin();
+    let key = sha256_hex(&[&spec, &unit, &bin]);
+    let dir = cache_dir().join("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _lock = FileLock::take(&dir.join("image.lock"));
+    let out = dir.join(format!("debian-12-{key}"));
+    let cache = dir.join("debs");
+    if !out.join("disk.raw").exists() {
+        let bin_s = bin.to_string_lossy().into_owned();
+        let (spec_s, out_s, cache_s) = (
+            spec.to_string_lossy().into_owned(),
+            out.to_string_lossy().into_owned(),
+            cache.to_string_lossy().into_owned(),
+        );
+        sh(builder(&[
+            "build",
+            &spec_s,
+            "--out",
+            &out_s,
+            "--formats",
+            "raw",
+            "--cache",
+            &cache_s,
+            "--bootpatch",
+            &bin_s,
+            "--quiet",
+        ]));
+    }
+    Image {
+        raw: out.join("disk.raw"),
+        cache,
+    }
+}
+
+/// The .deb of `name` in the builder's package cache (its `debs/` folder).
+pub fn cached_deb(cache: &Path, name: &str) -> PathBuf {
+    let prefix = format!("{name}_");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(cache.join("debs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+                && p.extension().is_some_and(|e| e == "deb")
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("{name} not in the package cache {}", cache.display()))
+}
+
+/// An ext4 disk image labelled `label` holding `dir`, made without a mount.
+pub fn ext4_disk(dir: &Path, out: &Path, label: &str) {
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-L", label, "-d"])
+        .arg(dir)
+        .arg(out)
+        .arg("64M");
+    sh(c);
+}
+
+/// A copy-on-write overlay of `base`, so a test's boots keep their changes
+/// without touching the cached image.
+pub fn overlay(base: &Path, out: &Path) {
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(out);
+    sh(c);
+}
+
+/// Renders NoCloud user-data from a values file with `builder render`.
+pub fn render(values: &Path, out: &Path) {
+    let (v, o) = (
+        values.to_string_lossy().into_owned(),
+        out.to_string_lossy().into_owned(),
+    );
+    sh(builder(&[
+        "render",
+        "--provider",
+        "nocloud",
+        "--values",
+        &v,
+        "--out",
+        &o,
+    ]));
+}
+
+/// The test's own cloud-config part: mounts the patch disk on every boot
+/// (when present) and, once the boot is through cloud-final, prints a
+/// report on the serial console and powers off.
+pub const INSTRUMENTATION: &str = r#"#cloud-config
+bootcmd:
+  - [sh, -c, "mkdir -p /srv/patches; mount -o ro LABEL=bpatches /srv/patches || true"]
+  - [systemd-run, --no-block, --unit=bootpatch-test-report, -p, "After=cloud-final.service bootpatch-firstboot.service", /bin/sh, -c, "while [ ! -x /usr/local/sbin/bootpatch-test-report ]; do sleep 1; done; exec /usr/local/sbin/bootpatch-test-report"]
+write_files:
+  - path: /usr/local/sbin/bootpatch-test-report
+    permissions: "0755"
+    content: |
+      #!/bin/sh
+      # Test instrumentation: report on the serial console, then power off.
+      exec >/dev/ttyS0 2>&1
+      dmesg -n 1
+      b64() { base64 -w0; }
+      echo "BPT-BEGIN"
+      echo "BPT-BOOTID $(cat /proc/sys/kernel/random/boot_id)"
+      echo "BPT-STATUS $(/usr/local/sbin/bootpatch status --json | b64)"
+      echo "BPT-STATE $(b64 < /var/lib/bootpatch/state.json)"
+      echo "BPT-JOIN $( (cat /var/lib/bootpatch-test/join 2>/dev/null || true) | b64)"
+      echo "BPT-AUDIT $(dpkg --audit | b64)"
+      echo "BPT-DEBIAN-VERSION $(cat /etc/debian_version)"
+      echo "BPT-UNIT $(systemctl show bootpatch-firstboot.service -p ConditionResult -p Result -p ExecMainStatus -p CPUUsageNSec | b64)"
+      echo "BPT-BLAME $(systemd-analyze blame --no-pager 2>/dev/null | head -n 15 | b64)"
+      echo "BPT-END"
+      sync
+      systemctl poweroff
+"#;
+
+/// Multi-part user-data: the rendered document, then the instrumentation.
+pub fn multipart(rendered: &str, instrumentation: &str) -> String {
+    let boundary = "BOOTPATCH-TEST-BOUNDARY";
+    format!(
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n--{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Disposition: attachment; filename=\"user-data.yaml\"\n\n{rendered}\n--{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Disposition: attachment; filename=\"test-instrumentation.yaml\"\nMerge-Type: list(append)+dict(no_replace,recurse_list)+str()\n\n{instrumentation}\n--{boundary}--\n"
+    )
+}
+
+/// Makes a NoCloud seed with `builder seed`.
+pub fn seed(user_data: &Path, out: &Path) {
+    let (u, o) = (
+        user_data.to_string_lossy().into_owned(),
+        out.to_string_lossy().into_owned(),
+    );
+    sh(builder(&["seed", "--user-data", &u, "--out", &o]));
+}
+
+/// A guest started by `builder boot --writable`, its own process group so a
+/// test can cut its power.
+pub struct Guest {
+    child: Child,
+    pub serial: PathBuf,
+    started: Instant,
+}
+
+impl Guest {
+    pub fn start(
+        disk: &Path,
+        seed: &Path,
+        extra: Option<&Path>,
+        serial: &Path,
+        timeout: Duration,
+    ) -> Guest {
+        use std::os::unix::process::CommandExt;
+        let (d, s, l) = (
+            disk.to_string_lossy().into_owned(),
+            seed.to_string_lossy().into_owned(),
+            serial.to_string_lossy().into_owned(),
+        );
+        let t = timeout.as_secs().to_string();
+        let mut args = vec![
+            "boot",
+            &d,
+            "--writable",
+            "--seed",
+            &s,
+            "--serial",
+            &l,
+            "--timeout",
+            &t,
+        ];
+        let e;
+        if let Some(x) = extra {
+            e = x.to_string_lossy().into_owned();
+            args.extend(["--disk", &e]);
+        }
+        let mut c = builder(&args);
+        c.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Guest {
+            child: c.spawn().expect("starting builder boot"),
+            serial: serial.to_path_buf(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until `text` appears on the console; None at the timeout or
+    /// when the guest stops first.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.console().contains(text) {
+                return Some(self.started.elapsed());
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                return self
+                    .console()
+                    .contains(text)
+                    .then(|| self.started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// Cuts the power: kills `builder boot` and QEMU at once.
+    pub fn power_cut(mut self) {
+        crate::kill_group(&self.child);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for `builder boot` to return: Ok(exit code) when the guest
+    /// powered off (0) or timed out (124).
+    pub fn wait(mut self) -> (i32, String) {
+        let st = self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (st.code().unwrap_or(-1), err)
+    }
+}
+
+/// What the guest's report said, decoded.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub boot_id: String,
+    pub status: serde_json::Value,
+    pub state: serde_json::Value,
+    pub join: String,
+    pub audit: String,
+    pub debian_version: String,
+    pub unit: String,
+    pub blame: String,
+}
+
+fn unb64(s: &str) -> String {
+    let mut c = Command::new("base64");
+    let mut child = c
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), s.trim().as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The last report on a console log.
+pub fn last_report(console: &str) -> Option<Report> {
+    let start = console.rfind("BPT-BEGIN")?;
+    let body = &console[start..];
+    body.find("BPT-END")?;
+    let field = |k: &str| -> String {
+        body.lines()
+            .find_map(|l| {
+                l.trim_start_matches('\r')
+                    .strip_prefix(&format!("BPT-{k} "))
+            })
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let json = |k: &str| serde_json::from_str(&unb64(&field(k))).unwrap_or(serde_json::Value::Null);
+    Some(Report {
+        boot_id: field("BOOTID"),
+        status: json("STATUS"),
+        state: json("STATE"),
+        join: unb64(&field("JOIN")),
+        audit: unb64(&field("AUDIT")),
+        debian_version: field("DEBIAN-VERSION"),
+        unit: unb64(&field("UNIT")),
+        blame: unb64(&field("BLAME")),
+    })
+}
+
+/// How many times a kernel started on this console.
+pub fn boots(console: &str) -> usize {
+    console.matches("Linux version ").count()
+}

@@ -1,0 +1,298 @@
+//! First boot, end to end, in a VM: the debian-12 image from `builder
+//! build`, booted with `builder boot` (QEMU, TCG, OVMF) and a `builder seed`
+//! volume holding user-data from `builder render --provider nocloud`. The
+//! guest has no network (`-nic none`); the patch repository is a second disk
+//! (ext4, labelled bpatches), signed with a key made for the test, with a
+//! repacked base-files that raises the point release and a repacked kernel
+//! metapackage whose postinst asks for a reboot. The node-join command is a
+//! stand-in that records the boot it ran in. Each boot has a timeout; a hung
+//! guest fails the test.
+//!
+//! Needs root, qemu-system-x86 and OVMF (scripts/deps/builder.sh).
+
+use bootpatch_e2e::repo::{self, Key};
+use bootpatch_e2e::vm::{self, Guest, Report};
+use bootpatch_e2e::{assert_state_matches_schema, fixtures};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const KERNEL_META: &str = "linux-image-cloud-amd64";
+
+struct Case {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    seed: PathBuf,
+    patches: Option<PathBuf>,
+    point: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum RepoKind {
+    Signed,
+    SignedByStranger,
+    Absent,
+}
+
+fn values(key: &str, reboot: bool, patch_on_boot: bool) -> String {
+    let indented: String = key.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "patchOnBoot: {patch_on_boot}\nrebootIfRequired: {reboot}\nsourcesMode: only\nretryDeadline: 20s\nlockWaitTimeout: 5m\n\
+         sources:\n  - name: patches\n    uris: [\"file:/srv/patches\"]\n    suites: [bookworm-updates]\n    components: [main]\n    signedBy: |\n{indented}\
+         joinCommand: [\"sh\", \"-c\", \"mkdir -p /var/lib/bootpatch-test && cat /proc/sys/kernel/random/boot_id >> /var/lib/bootpatch-test/join\"]\n"
+    )
+}
+
+impl Case {
+    fn new(kind: RepoKind, reboot: bool, patch_on_boot: bool) -> Case {
+        let image = vm::debian12_image();
+        let dir = tempfile::Builder::new()
+            .prefix("bootpatch-vm-")
+            .tempdir_in(bootpatch_e2e::cache_dir())
+            .unwrap();
+        let d = dir.path();
+        let debs = d.join("debs");
+        std::fs::create_dir_all(&debs).unwrap();
+        let (bf, _, point) =
+            fixtures::point_release(&vm::cached_deb(&image.cache, "base-files"), &debs);
+        let (kernel, _) =
+            fixtures::reboot_requiring(&vm::cached_deb(&image.cache, KERNEL_META), &debs);
+        let trusted = Key::generate("patches");
+        let patches = (kind != RepoKind::Absent).then(|| {
+            let repo_dir = d.join("repo");
+            let stranger;
+            let signer = if kind == RepoKind::SignedByStranger {
+                stranger = Key::generate("stranger");
+                &stranger
+            } else {
+                &trusted
+            };
+            repo::build(&repo_dir, "bookworm-updates", &[bf, kernel], Some(signer));
+            let img = d.join("patches.img");
+            vm::ext4_disk(&repo_dir, &img, "bpatches");
+            img
+        });
+        let vals = d.join("values.yaml");
+        std::fs::write(&vals, values(&trusted.armored, reboot, patch_on_boot)).unwrap();
+        let rendered = d.join("rendered.yaml");
+        vm::render(&vals, &rendered);
+        let ud = d.join("user-data");
+        std::fs::write(
+            &ud,
+            vm::multipart(
+                &std::fs::read_to_string(&rendered).unwrap(),
+                vm::INSTRUMENTATION,
+            ),
+        )
+        .unwrap();
+        let seed = d.join("seed.iso");
+        vm::seed(&ud, &seed);
+        let disk = d.join("disk.qcow2");
+        vm::overlay(&image.raw, &disk);
+        Case {
+            dir,
+            disk,
+            seed,
+            patches,
+            point,
+        }
+    }
+
+    fn serial(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("serial-{n}.log"))
+    }
+
+    fn start(&self, n: usize) -> Guest {
+        Guest::start(
+            &self.disk,
+            &self.seed,
+            self.patches.as_deref(),
+            &self.serial(n),
+            BOOT_TIMEOUT,
+        )
+    }
+
+    /// Boots until the guest powers off; returns its report and console.
+    fn boot(&self, n: usize) -> (Report, String) {
+        let (code, err) = self.start(n).wait();
+        let console = std::fs::read_to_string(self.serial(n)).unwrap_or_default();
+        assert_eq!(
+            code,
+            0,
+            "boot {n} did not power off in time ({code}): {err}\n--- console tail\n{}",
+            tail(&console)
+        );
+        let report = vm::last_report(&console)
+            .unwrap_or_else(|| panic!("no report on the console of boot {n}\n{}", tail(&console)));
+        assert_state_matches_schema(&report.state);
+        (report, console)
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn last_run(r: &Report) -> Value {
+    r.state["history"]
+        .as_array()
+        .and_then(|h| h.last().cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn joined_boots(r: &Report) -> Vec<String> {
+    r.join.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn reboot_if_required_patches_reboots_once_then_joins() {
+    let c = Case::new(RepoKind::Signed, true, true);
+    let (r, console) = c.boot(1);
+    assert_eq!(
+        vm::boots(&console),
+        2,
+        "exactly one reboot\n{}",
+        tail(&console)
+    );
+    assert_eq!(r.debian_version, c.point);
+    assert_eq!(r.status["patched_version"], c.point.as_str());
+    assert_eq!(r.status["reboot_required"], false, "{}", r.status);
+    assert_eq!(r.state["first_boot"]["result"], "patched", "{}", r.state);
+    let t = bootpatch::time::parse_rfc3339(r.status["last_applied_patch_time"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        (bootpatch::time::now_unix() - t).abs() < 3600,
+        "Last Applied Patch Time is not from this boot"
+    );
+    // The join ran once, in the boot after the reboot (not in the boot that patched).
+    let joined = joined_boots(&r);
+    assert_eq!(joined, std::slice::from_ref(&r.boot_id), "join ran {joined:?}");
+    assert_ne!(
+        r.state["last_reboot"]["boot_id"].as_str(),
+        Some(r.boot_id.as_str())
+    );
+    assert_eq!(r.audit.trim(), "");
+}
+
+#[test]
+fn reboot_not_allowed_leaves_it_pending_and_joins() {
+    let c = Case::new(RepoKind::Signed, false, true);
+    let (r, console) = c.boot(1);
+    assert_eq!(vm::boots(&console), 1, "no reboot");
+    assert_eq!(r.debian_version, c.point);
+    assert_eq!(r.status["reboot_required"], true);
+    assert_eq!(
+        r.status["reboot_packages"],
+        serde_json::json!([KERNEL_META])
+    );
+    assert_eq!(
+        r.status["reboot_pending_reason"],
+        "rebootIfRequired is false"
+    );
+    assert_eq!(joined_boots(&r), std::slice::from_ref(&r.boot_id));
+}
+
+#[test]
+fn patch_on_boot_false_changes_nothing() {
+    let c = Case::new(RepoKind::Signed, true, false);
+    let (r, console) = c.boot(1);
+    assert_eq!(vm::boots(&console), 1);
+    assert_ne!(r.debian_version, c.point);
+    assert_eq!(r.state["first_boot"]["result"], "skipped");
+    assert_eq!(last_run(&r)["result"], "skipped");
+    assert_eq!(joined_boots(&r).len(), 1);
+}
+
+#[test]
+fn unreachable_mirror_fails_after_the_deadline_and_boot_continues() {
+    let c = Case::new(RepoKind::Absent, true, true);
+    let (r, console) = c.boot(1);
+    assert_eq!(vm::boots(&console), 1, "no reboot");
+    assert_ne!(r.debian_version, c.point);
+    assert_eq!(r.state["first_boot"]["result"], "failed");
+    assert_eq!(
+        last_run(&r)["error"]["kind"],
+        "mirror-unreachable",
+        "{}",
+        r.state
+    );
+    assert!(
+        console.contains("retrying"),
+        "bootpatch should have retried"
+    );
+    assert_eq!(joined_boots(&r).len(), 1, "the boot continues");
+}
+
+#[test]
+fn tampered_repository_installs_nothing() {
+    let c = Case::new(RepoKind::SignedByStranger, true, true);
+    let (r, console) = c.boot(1);
+    assert_eq!(vm::boots(&console), 1);
+    assert_ne!(r.debian_version, c.point);
+    assert_eq!(last_run(&r)["error"]["kind"], "verification", "{}", r.state);
+    assert!(
+        r.status["last_run"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NO_PUBKEY"),
+        "{}",
+        r.status
+    );
+    assert_eq!(joined_boots(&r).len(), 1);
+}
+
+#[test]
+fn power_loss_during_install_recovers_without_reboot_loops() {
+    // Cut the power at several points after the install starts (TCG makes
+    // dpkg slow enough for these to land in different places).
+    for (i, delay_ms) in [0u64, 700, 1500, 3000, 6000].into_iter().enumerate() {
+        let c = Case::new(RepoKind::Signed, true, true);
+        let mut g = c.start(100 + i);
+        let at = g.wait_for("upgrading 2 package(s)", BOOT_TIMEOUT);
+        assert!(
+            at.is_some(),
+            "cut {i}: the install never started\n{}",
+            tail(&g.console())
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        g.power_cut();
+        let (r, console) = c.boot(200 + i);
+        assert!(
+            vm::boots(&console) <= 2,
+            "cut {i}: reboot loop ({} boots)",
+            vm::boots(&console)
+        );
+        assert_eq!(r.audit.trim(), "", "cut {i}: dpkg --audit not clean");
+        assert_eq!(r.debian_version, c.point, "cut {i}");
+        assert_eq!(
+            r.state["first_boot"]["result"], "patched",
+            "cut {i}: {}",
+            r.state
+        );
+        assert_eq!(joined_boots(&r).len(), 1, "cut {i}");
+    }
+}
+
+#[test]
+fn second_boot_of_a_patched_node_does_nothing() {
+    let c = Case::new(RepoKind::Signed, false, true);
+    let (first, _) = c.boot(1);
+    let (second, console) = c.boot(2);
+    assert_eq!(vm::boots(&console), 1);
+    assert!(
+        second.unit.contains("ConditionResult=no"),
+        "the unit must not even start: {}",
+        second.unit
+    );
+    assert_eq!(
+        second.state["history"], first.state["history"],
+        "no new run recorded"
+    );
+    assert_eq!(
+        joined_boots(&second).len(),
+        1,
+        "join ran only on the first boot"
+    );
+}
