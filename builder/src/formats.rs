@@ -308,7 +308,7 @@ fn pad512(n: u64) -> usize {
 // ---------------------------------------------------------------- GCP
 
 /// `gcp.tar.gz`: `disk.raw` alone in a GNU sparse tar, gzip'd in parallel.
-fn write_gcp(raw: &Path, out: &Path, epoch: u64, threads: usize) -> Result<Artifact> {
+pub fn write_gcp(raw: &Path, out: &Path, epoch: u64, threads: usize) -> Result<Artifact> {
     let src = File::open(raw)?;
     let len = src.metadata()?.len();
     if len % crate::spec::GIB != 0 {

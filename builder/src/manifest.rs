@@ -146,6 +146,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verify_names_the_changed_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut artifacts = Vec::new();
+        for (name, body) in [("disk.raw", &b"raw bytes"[..]), ("disk.vhd", b"vhd bytes")] {
+            std::fs::write(d.path().join(name), body).unwrap();
+            artifacts.push(Artifact {
+                file: name.into(),
+                format: name.trim_start_matches("disk.").into(),
+                size: body.len() as u64,
+                sha256: crate::hash::hex(&crate::hash::sha256_bytes(body)),
+            });
+        }
+        let m = Manifest {
+            manifest_version: 1,
+            image: "t".into(),
+            spec: SpecRef { path: "t.yaml".into(), sha256: String::new(), text: String::new() },
+            os: OsInfo {
+                family: "debian".into(),
+                stream: "12".into(),
+                suite: "bookworm".into(),
+                point_release: "12.0".into(),
+            },
+            kernel: String::new(),
+            package_count: 0,
+            builder_version: String::new(),
+            build_time: rfc3339(0),
+            source_date_epoch: 0,
+            locked: false,
+            disk: DiskInfo {
+                size: 0,
+                disk_guid: String::new(),
+                esp_partuuid: String::new(),
+                root_partuuid: String::new(),
+                root_fs_uuid: String::new(),
+            },
+            artifacts: artifacts.clone(),
+            timings: vec![],
+        };
+        std::fs::write(d.path().join(FILE_NAME), serde_json::to_string(&m).unwrap()).unwrap();
+        std::fs::write(d.path().join(SUMS_NAME), sums_text(&artifacts)).unwrap();
+        assert!(verify(d.path()).unwrap().is_empty());
+        std::fs::write(d.path().join("disk.vhd"), b"vhd bytez").unwrap();
+        let bad = verify(d.path()).unwrap();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].file, "disk.vhd");
+        assert!(bad[0].problem.contains("SHA-256"));
+        std::fs::remove_file(d.path().join("disk.raw")).unwrap();
+        let bad = verify(d.path()).unwrap();
+        assert!(bad.iter().any(|b| b.file == "disk.raw" && b.problem == "missing"));
+    }
+
+    #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");

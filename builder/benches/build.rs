@@ -1,0 +1,146 @@
+//! Benchmark of `builder build` against its floor, in one run on the same
+//! machine (run it with `scripts/bench-builder.sh`, which warms the package
+//! cache first):
+//!
+//! 1. the floor: `mmdebstrap` of the same package set (same invocation the
+//!    builder uses) + `mkfs.ext4 -d` into a sparse file of the same size;
+//! 2. the whole build of the spec with all its formats, per phase;
+//! 3. on the built sparse `disk.raw`: our SHA-256 vs `sha256sum`, our
+//!    `gcp.tar.gz` vs `tar --format=oldgnu -Sczf`, the streamOptimized VMDK
+//!    by `qemu-img` alone, and all formats made concurrently.
+//!
+//! Prints a table and writes `bench.json` into the output folder.
+
+use builder::progress::{Mode, Progress};
+use builder::spec::Format;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+fn sh(cmd: &mut Command) {
+    let o = cmd.output().expect("running a command");
+    assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--bench")).collect();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let spec_path = args.first().map(PathBuf::from).unwrap_or_else(|| repo.join("images/debian-12.yaml"));
+    let out = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "/var/tmp/bootpatch-bench".into()));
+    let bootpatch = args.get(2).map(PathBuf::from);
+    std::fs::create_dir_all(&out)?;
+    let loaded = builder::spec::load(&spec_path)?;
+    let spec = &loaded.spec;
+    let quiet = Progress::new(Mode::Quiet);
+    let epoch = 1_767_225_600;
+
+    // 1. The floor.
+    let floor_dir = PathBuf::from("/dev/shm/bootpatch-bench-floor");
+    let _ = std::fs::remove_dir_all(&floor_dir);
+    let host = builder::hostapt::read_host(Path::new("/"));
+    let sources = builder::rootfs::resolve_sources(spec, &host)?;
+    let cache = builder::lock::default_cache().join("debs");
+    let (r, t_mmdebstrap) = secs(|| {
+        builder::rootfs::mmdebstrap(
+            spec,
+            &sources,
+            &builder::rootfs::Origin::Network { cache: &cache },
+            &floor_dir,
+            epoch,
+            &quiet,
+        )
+    });
+    r?;
+    let floor_img = out.join("floor-root.ext4");
+    let _ = std::fs::remove_file(&floor_img);
+    let size_k = (spec.disk.size.0 - spec.disk.esp_size.0 - (2 << 20)) / 1024;
+    let ((), t_mkfs) = secs(|| {
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&floor_dir)
+            .arg(&floor_img)
+            .arg(format!("{size_k}k")))
+    });
+    let _ = std::fs::remove_dir_all(&floor_dir);
+    let _ = std::fs::remove_file(&floor_img);
+    let floor = t_mmdebstrap + t_mkfs;
+
+    // 2. The whole build, all formats.
+    let build_out = out.join(&spec.name);
+    let bargs = builder::cli::BuildArgs {
+        spec: Some(spec_path.clone()),
+        out: Some(build_out.clone()),
+        formats: Some(Format::ALL.iter().map(|f| f.name().to_string()).collect()),
+        locked: false,
+        quiet: true,
+        json: false,
+        bootpatch,
+        cache: None,
+        lock: None,
+        workdir: None,
+    };
+    let (built, t_build) = secs(|| builder::build::build(&bargs, &quiet));
+    let built = built?;
+
+    // 3. Format and hashing figures on the same sparse disk.raw.
+    let raw = build_out.join("disk.raw");
+    let scratch = out.join("scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let (ours, t_sha_ours) = secs(|| builder::hash::file_sha256(&raw));
+    let (theirs, t_sha_tool) = secs(|| {
+        let o = Command::new("sha256sum").arg(&raw).output().expect("sha256sum");
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string()
+    });
+    assert_eq!(ours?, theirs, "the two SHA-256 disagree");
+    let (r, t_gcp_ours) = secs(|| builder::formats::write_gcp(&raw, &scratch.join("gcp.tar.gz"), epoch, 2));
+    r?;
+    let ((), t_gcp_tar) = secs(|| {
+        sh(Command::new("tar")
+            .args(["--format=oldgnu", "-Sczf"])
+            .arg(scratch.join("gnu.tar.gz"))
+            .arg("-C")
+            .arg(&build_out)
+            .arg("disk.raw"))
+    });
+    let ((), t_vmdk) = secs(|| {
+        sh(Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+            .arg(&raw)
+            .arg(scratch.join("d.vmdk")))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let data: u64 = builder::hash::data_extents(&std::fs::File::open(&raw)?)?
+        .iter()
+        .map(|e| e.1)
+        .sum();
+
+    let phases: Vec<_> = built.manifest.timings.clone();
+    println!("bootpatch builder benchmark: {} ({} MiB data in a {} GiB sparse disk.raw)", spec.name, data >> 20, spec.disk.size.0 >> 30);
+    println!("  floor: mmdebstrap {t_mmdebstrap:.1}s + mkfs.ext4 -d {t_mkfs:.1}s = {floor:.1}s");
+    println!("  builder build (all formats): {t_build:.1}s = {:.2} x floor", t_build / floor);
+    for (p, s) in &phases {
+        println!("    {p:<32} {s:>6.1}s");
+    }
+    println!("  SHA-256 of disk.raw: ours {t_sha_ours:.2}s, sha256sum {t_sha_tool:.2}s ({:.1}x)", t_sha_tool / t_sha_ours);
+    println!("  gcp.tar.gz: ours {t_gcp_ours:.2}s, tar --format=oldgnu -Sczf {t_gcp_tar:.2}s ({:.1}x)", t_gcp_tar / t_gcp_ours);
+    println!("  streamOptimized VMDK by qemu-img alone: {t_vmdk:.2}s");
+    let report = json!({
+        "spec": spec.name,
+        "dataMiB": data >> 20,
+        "floor": {"mmdebstrap": t_mmdebstrap, "mkfsExt4": t_mkfs, "total": floor},
+        "build": {"total": t_build, "phases": phases, "ratioToFloor": t_build / floor},
+        "sha256": {"ours": t_sha_ours, "sha256sum": t_sha_tool},
+        "gcp": {"ours": t_gcp_ours, "gnuTar": t_gcp_tar},
+        "vmdkQemuImg": t_vmdk,
+    });
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&report)?)?;
+    Ok(())
+}

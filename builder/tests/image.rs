@@ -1,0 +1,412 @@
+//! End-to-end tests of `builder build`, `verify` and `boot` with the real
+//! tools: mmdebstrap, mkfs.ext4, mtools, qemu-img, qemu-system-x86_64 (TCG,
+//! OVMF). They need root (mmdebstrap's root mode), the host's package mirror
+//! for the first build (the package cache makes later builds offline) and
+//! the packages of `scripts/deps/builder.sh`.
+//!
+//! The heavy tests take turns (one global lock): the machine has two cores.
+//! Images are built once per run into the test's scratch folder.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scratch() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("builder-images");
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn heavy() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn builder(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_builder"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("running builder");
+    eprintln!(
+        "builder {}: {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Builds an image once per test run and returns its output folder.
+fn built(name: &str) -> PathBuf {
+    static D12: OnceLock<PathBuf> = OnceLock::new();
+    static D13: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if name == "debian-12" { &D12 } else { &D13 };
+    cell.get_or_init(|| {
+        let out = scratch().join(name);
+        let spec = repo().join(format!("images/{name}.yaml"));
+        let o = builder(&["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "building {name} failed");
+        // --json: one event per line, the last says done.
+        let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(v["event"], "done", "{last}");
+        out
+    })
+    .clone()
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn root_offset(dir: &Path) -> u64 {
+    let out = run(Command::new("sfdisk").arg("--json").arg(dir.join("disk.raw")));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["partitiontable"]["partitions"][1]["start"].as_u64().unwrap() * 512
+}
+
+fn debugfs(dir: &Path, request: &str) -> String {
+    let img = format!("{}?offset={}", dir.join("disk.raw").display(), root_offset(dir));
+    run(Command::new("debugfs").arg("-R").arg(request).arg(img))
+}
+
+/// Copies a folder of the image's root file system out with debugfs.
+fn rdump(dir: &Path, path: &str) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    debugfs(dir, &format!("rdump {path} {}", t.path().display()));
+    t
+}
+
+fn files_below(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn check_boot(dir: &Path, disk: &str) {
+    let serial = dir.with_extension(format!("{disk}.serial.log"));
+    let o = builder(&[
+        "boot",
+        dir.join(disk).to_str().unwrap(),
+        "--timeout",
+        "420",
+        "--serial",
+        serial.to_str().unwrap(),
+        "--until",
+        "login:",
+    ]);
+    let log = fs::read_to_string(&serial).unwrap_or_default();
+    assert!(o.status.success(), "boot did not reach a login prompt; serial tail:\n{}", tail(&log));
+    // Userspace came up and the first-boot unit ran before the login prompt.
+    assert!(log.contains("login:"), "{}", tail(&log));
+    assert!(log.contains("bootpatch-firstbo"), "first-boot unit not started:\n{}", tail(&log));
+}
+
+fn tail(s: &str) -> &str {
+    let mut start = s.len().saturating_sub(4000);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+fn check_hygiene_and_node_files(dir: &Path) {
+    let stat = debugfs(dir, "stat /etc/machine-id");
+    assert!(stat.contains("Size: 0"), "machine-id not empty: {stat}");
+    let ssh = rdump(dir, "/etc/ssh");
+    for f in files_below(ssh.path()) {
+        let n = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!n.starts_with("ssh_host_"), "SSH host key left in the image: {n}");
+    }
+    let lists = rdump(dir, "/var/lib/apt/lists");
+    let left: Vec<_> = files_below(lists.path())
+        .into_iter()
+        .filter(|f| f.file_name().unwrap() != "lock")
+        .collect();
+    assert!(left.is_empty(), "apt lists left: {left:?}");
+    let logs = rdump(dir, "/var/log");
+    assert!(files_below(logs.path()).is_empty(), "logs left: {:?}", files_below(logs.path()));
+    let cache = rdump(dir, "/var/cache/apt");
+    let debs: Vec<_> = files_below(cache.path())
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "deb" || e == "bin"))
+        .collect();
+    assert!(debs.is_empty(), "apt cache left: {debs:?}");
+    for gone in ["/var/lib/systemd/random-seed", "/etc/resolv.conf"] {
+        let s = debugfs(dir, &format!("stat {gone}"));
+        assert!(!s.contains("Inode:"), "{gone} is in the image: {s}");
+    }
+    let etc = rdump(dir, "/etc/hostname");
+    assert_eq!(fs::read_to_string(etc.path().join("hostname")).unwrap(), "localhost\n");
+
+    // bootpatch, its unit enabled, its config valid for the node's own parser.
+    let bin = debugfs(dir, "stat /usr/local/sbin/bootpatch");
+    assert!(bin.contains("Mode:  0755") || bin.contains("Mode:  00755"), "{bin}");
+    let link = debugfs(dir, "stat /etc/systemd/system/multi-user.target.wants/bootpatch-firstboot.service");
+    assert!(link.contains("symlink") && link.contains("/etc/systemd/system/bootpatch-firstboot.service"), "{link}");
+    let cfg = rdump(dir, "/etc/bootpatch");
+    let text = fs::read_to_string(cfg.path().join("bootpatch/config.yaml")).unwrap();
+    let c = bootpatch::config::Config::from_yaml_str(&text).unwrap();
+    assert!(c.patch_on_boot && c.reboot_if_required);
+    // Sources for later patching: the release, updates and security suites.
+    let src = rdump(dir, "/etc/apt/sources.list.d");
+    let debian = fs::read_to_string(src.path().join("sources.list.d/debian.sources")).unwrap();
+    assert!(debian.contains("-updates") && debian.contains("Signed-By:"), "{debian}");
+    assert!(src.path().join("sources.list.d/debian-security.sources").exists());
+}
+
+fn check_formats(dir: &Path) {
+    let m = manifest(dir);
+    let size = m["disk"]["size"].as_u64().unwrap();
+    assert_eq!(size % (1 << 30), 0);
+
+    // raw: GPT with an ESP holding systemd-boot and a root partition.
+    let t = run(Command::new("sfdisk").arg("--json").arg(dir.join("disk.raw")));
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+    let parts = v["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(
+        parts[0]["type"].as_str().unwrap().to_lowercase(),
+        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+    );
+    let esp = format!("{}@@{}", dir.join("disk.raw").display(), parts[0]["start"].as_u64().unwrap() * 512);
+    let listing = run(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-b", "-i", &esp, "::/EFI/BOOT"]));
+    assert!(listing.contains("BOOTX64.EFI"), "{listing}");
+    let entry = run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &esp]).arg(format!(
+        "::/loader/entries/{}.conf",
+        m["image"].as_str().unwrap()
+    )));
+    assert!(entry.contains(&format!("root=PARTUUID={}", m["disk"]["rootPartuuid"].as_str().unwrap())), "{entry}");
+    let stats = debugfs(dir, "stats");
+    assert!(stats.contains("Filesystem volume name:   root"), "{stats}");
+
+    // qcow2
+    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(dir.join("disk.qcow2")));
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["format"], "qcow2");
+    assert_eq!(v["virtual-size"].as_u64().unwrap(), size);
+    run(Command::new("qemu-img").arg("check").arg(dir.join("disk.qcow2")));
+
+    // VHD: raw bytes, then a footer with a valid checksum, fixed type, 1 MiB aligned.
+    let vhd = dir.join("disk.vhd");
+    assert_eq!(fs::metadata(&vhd).unwrap().len(), size + 512);
+    let mut footer = [0u8; 512];
+    fs::File::open(&vhd).unwrap().read_exact_at(&mut footer, size).unwrap();
+    assert_eq!(&footer[0..8], b"conectix");
+    assert_eq!(u32::from_be_bytes(footer[60..64].try_into().unwrap()), 2, "not a fixed VHD");
+    assert_eq!(u64::from_be_bytes(footer[48..56].try_into().unwrap()), size);
+    let stored = u32::from_be_bytes(footer[64..68].try_into().unwrap());
+    footer[64..68].fill(0);
+    assert_eq!(stored, !footer.iter().map(|&b| b as u32).sum::<u32>(), "bad VHD checksum");
+    run(Command::new("cmp").arg("-n").arg(size.to_string()).arg(dir.join("disk.raw")).arg(&vhd));
+    let info = run(Command::new("qemu-img").args(["info", "--output=json", "--image-opts"]).arg(format!(
+        "driver=vpc,force_size_calc=current_size,file.filename={}",
+        vhd.display()
+    )));
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["virtual-size"].as_u64().unwrap(), size);
+
+    // OVA: .ovf first, then .mf with the SHA-256 of each, then a streamOptimized VMDK.
+    let x = tempfile::tempdir().unwrap();
+    let members = run(Command::new("tar").arg("-tf").arg(dir.join("disk.ova")));
+    let members: Vec<&str> = members.lines().collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(members[0].ends_with(".ovf") && members[1].ends_with(".mf") && members[2].ends_with(".vmdk"), "{members:?}");
+    run(Command::new("tar").arg("-xf").arg(dir.join("disk.ova")).arg("-C").arg(x.path()));
+    let mf = fs::read_to_string(x.path().join(members[1])).unwrap();
+    for m in [members[0], members[2]] {
+        let sum = run(Command::new("sha256sum").arg(x.path().join(m)));
+        let sum = sum.split_whitespace().next().unwrap();
+        assert!(mf.contains(&format!("SHA256({m})= {sum}")), "{mf}");
+    }
+    let ovf = fs::read_to_string(x.path().join(members[0])).unwrap();
+    assert!(ovf.contains(&format!("ovf:capacity=\"{size}\"")) && ovf.contains("streamOptimized"));
+    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(x.path().join(members[2])));
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["format"], "vmdk");
+    assert_eq!(v["format-specific"]["data"]["create-type"], "streamOptimized");
+    assert_eq!(v["virtual-size"].as_u64().unwrap(), size);
+    run(Command::new("qemu-img").arg("check").arg(x.path().join(members[2])));
+
+    // GCP: disk.raw alone, GNU (oldgnu) sparse member, extracts to the same bytes.
+    let gcp = dir.join("gcp.tar.gz");
+    let list = run(Command::new("tar").arg("-tzf").arg(&gcp));
+    assert_eq!(list, "disk.raw\n");
+    let mut head = [0u8; 512];
+    {
+        use std::io::Read;
+        flate2::read::GzDecoder::new(fs::File::open(&gcp).unwrap())
+            .read_exact(&mut head)
+            .unwrap();
+    }
+    assert_eq!(&head[257..265], b"ustar  \0", "not oldgnu");
+    assert_eq!(head[156], b'S', "not a sparse member");
+    run(Command::new("tar").arg("-xSzf").arg(&gcp).arg("-C").arg(x.path()));
+    run(Command::new("cmp").arg(dir.join("disk.raw")).arg(x.path().join("disk.raw")));
+    let sums = run(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(dir));
+    assert_eq!(sums.lines().filter(|l| l.ends_with(": OK")).count(), 6, "{sums}");
+}
+
+fn check_verify_catches_a_flipped_byte(dir: &Path) {
+    assert!(builder(&["verify", dir.to_str().unwrap()]).status.success());
+    let ova = dir.join("disk.ova");
+    let f = fs::OpenOptions::new().read(true).write(true).open(&ova).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 4096).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], 4096).unwrap();
+    let o = builder(&["verify", dir.to_str().unwrap()]);
+    f.write_all_at(&b, 4096).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("CHANGED  disk.ova"), "{out}");
+    assert!(!out.contains("CHANGED  disk.raw"), "{out}");
+    assert!(builder(&["verify", dir.to_str().unwrap()]).status.success());
+}
+
+#[test]
+fn debian_12_builds_boots_and_is_clean() {
+    let _g = heavy();
+    let dir = built("debian-12");
+    let m = manifest(&dir);
+    assert_eq!(m["os"]["stream"], "12");
+    assert!(m["os"]["pointRelease"].as_str().unwrap().starts_with("12."));
+    assert!(m["packageCount"].as_u64().unwrap() > 100);
+    assert!(m["kernel"].as_str().unwrap().contains("cloud-amd64"));
+    check_formats(&dir);
+    check_hygiene_and_node_files(&dir);
+    check_verify_catches_a_flipped_byte(&dir);
+    check_boot(&dir, "disk.raw");
+}
+
+#[test]
+fn debian_13_builds_and_boots() {
+    let _g = heavy();
+    let dir = built("debian-13");
+    let m = manifest(&dir);
+    assert_eq!(m["os"]["suite"], "trixie");
+    assert!(m["os"]["pointRelease"].as_str().unwrap().starts_with("13."));
+    check_hygiene_and_node_files(&dir);
+    check_boot(&dir, "disk.qcow2");
+}
+
+/// Two `--locked` builds with the same SOURCE_DATE_EPOCH give a
+/// bit-identical disk.raw, without the network (lock + package cache only).
+#[test]
+fn locked_builds_are_reproducible() {
+    let _g = heavy();
+    let first = built("debian-12");
+    let lock = first.join("packages.lock");
+    let mut sums = Vec::new();
+    for i in 0..2 {
+        let out = scratch().join(format!("locked-{i}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_builder"))
+            .args(["build", "--locked", "--quiet", "--formats", "raw", "--lock"])
+            .arg(&lock)
+            .arg("--out")
+            .arg(&out)
+            .env("SOURCE_DATE_EPOCH", "1767225600")
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m = manifest(&out);
+        assert_eq!(m["locked"], true);
+        assert_eq!(fs::read(out.join("packages.lock")).unwrap(), fs::read(&lock).unwrap());
+        sums.push(m["artifacts"][0]["sha256"].as_str().unwrap().to_string());
+        assert_eq!(
+            sums[i],
+            builder::hash::file_sha256(&out.join("disk.raw")).unwrap()
+        );
+    }
+    assert_eq!(sums[0], sums[1], "two locked builds differ");
+}
+
+/// A bad spec is refused before anything is written, and the message names
+/// the file, the key and the value.
+#[test]
+fn bad_spec_is_refused_with_no_output() {
+    let t = tempfile::tempdir().unwrap();
+    let good = fs::read_to_string(repo().join("images/debian-12.yaml")).unwrap();
+    let cases = [
+        (good.replace("size: 3GiB", "size: 3 gigs"), "disk.size", "3 gigs"),
+        (good.replace("  removeLogs: true", "  removeLogs: true\n  removeCats: true"), "hygiene", "removeCats"),
+        (good.replace("lockWaitTimeout: 10m", "lockWaitTimeout: ages"), "lockWaitTimeout", "ages"),
+    ];
+    for (i, (text, key, value)) in cases.iter().enumerate() {
+        let spec = t.path().join(format!("bad-{i}.yaml"));
+        fs::write(&spec, text).unwrap();
+        let out = t.path().join(format!("out-{i}"));
+        let o = builder(&["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("bad-{i}.yaml")), "{err}");
+        assert!(err.contains(key) && err.contains(value), "{err}");
+        assert!(!out.exists(), "output appeared for a bad spec");
+        let leftovers: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "partial output left: {leftovers:?}");
+    }
+    // A stream kept for later is refused with its reason.
+    let o = builder(&["build", "images/ubuntu-24.04.yaml", "--out", t.path().join("u").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not built here"));
+}
+
+/// A failing step names itself, the command and its stderr, and leaves no
+/// output folder and no partial folder behind.
+#[test]
+fn failed_step_is_named_and_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let o = builder(&[
+        "build",
+        "--out",
+        out.to_str().unwrap(),
+        "--bootpatch",
+        "/nonexistent/bootpatch",
+        "--cache",
+        t.path().join("empty-cache").to_str().unwrap(),
+        "--locked",
+        "--lock",
+        t.path().join("missing.lock").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("step `spec` failed") && err.contains("missing.lock"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0, "left files behind");
+}
+
+#[test]
+fn cli_is_consistent() {
+    use clap::CommandFactory;
+    builder::cli::Cli::command().debug_assert();
+}
