@@ -38,7 +38,10 @@ where
 {
     let end = tokio::time::Instant::now() + Duration::from_secs(15);
     while !f().await {
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -47,15 +50,32 @@ where
 async fn typed_reads_patches_and_conflicts() {
     let server = start();
     server.add_nodes("node", 2);
-    server.apply(fixtures::deployment("default", "web", 2)).unwrap();
-    server.apply(fixtures::daemonset("default", "agent")).unwrap();
     server
-        .apply(fixtures::pdb_max_unavailable("default", "web", "web", json!(1)))
+        .apply(fixtures::deployment("default", "web", 2))
+        .unwrap();
+    server
+        .apply(fixtures::daemonset("default", "agent"))
+        .unwrap();
+    server
+        .apply(fixtures::pdb_max_unavailable(
+            "default",
+            "web",
+            "web",
+            json!(1),
+        ))
         .unwrap();
     let c = client(&server).await;
 
     let nodes: Api<Node> = Api::all(c.clone());
-    assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     wait("4 ready pods", || async {
         pods.list(&ListParams::default())
@@ -87,7 +107,13 @@ async fn typed_reads_patches_and_conflicts() {
     // Every served kind deserializes into its typed struct.
     let deploy: Api<Deployment> = Api::namespaced(c.clone(), "default");
     wait("deployment available", || async {
-        deploy.get("web").await.unwrap().status.and_then(|s| s.available_replicas) == Some(2)
+        deploy
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.available_replicas)
+            == Some(2)
     })
     .await;
     Api::<ReplicaSet>::namespaced(c.clone(), "default")
@@ -107,7 +133,10 @@ async fn typed_reads_patches_and_conflicts() {
             .is_some_and(|s| s.disruptions_allowed == 1)
     })
     .await;
-    Api::<Namespace>::all(c.clone()).get("kube-system").await.unwrap();
+    Api::<Namespace>::all(c.clone())
+        .get("kube-system")
+        .await
+        .unwrap();
 
     // Patches as the updater sends them.
     let pp = PatchParams::default();
@@ -119,9 +148,17 @@ async fn typed_reads_patches_and_conflicts() {
         )
         .await
         .unwrap();
-    assert!(patched.metadata.annotations.unwrap().contains_key("example.com/last-applied-patch-time"));
+    assert!(patched
+        .metadata
+        .annotations
+        .unwrap()
+        .contains_key("example.com/last-applied-patch-time"));
     let cordoned = nodes
-        .patch("node-1", &pp, &Patch::Strategic(json!({"spec": {"unschedulable": true}})))
+        .patch(
+            "node-1",
+            &pp,
+            &Patch::Strategic(json!({"spec": {"unschedulable": true}})),
+        )
         .await
         .unwrap();
     assert_eq!(cordoned.spec.unwrap().unschedulable, Some(true));
@@ -130,7 +167,8 @@ async fn typed_reads_patches_and_conflicts() {
             "node-1",
             &pp,
             &Patch::Json::<()>(
-                serde_json::from_value(json!([{"op": "remove", "path": "/spec/unschedulable"}])).unwrap(),
+                serde_json::from_value(json!([{"op": "remove", "path": "/spec/unschedulable"}]))
+                    .unwrap(),
             ),
         )
         .await
@@ -139,11 +177,15 @@ async fn typed_reads_patches_and_conflicts() {
 
     // Optimistic concurrency: replace with a stale resourceVersion is a 409.
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
-    let mut cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "policy"}, "data": {"drain": "{}"}})).unwrap();
+    let mut cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "policy"}, "data": {"drain": "{}"}}))
+            .unwrap();
     let created = cms.create(&PostParams::default(), &cm).await.unwrap();
     cm.metadata.resource_version = created.metadata.resource_version.clone();
     cm.data = Some([("drain".to_string(), "{\"force\":true}".to_string())].into());
-    cms.replace("policy", &PostParams::default(), &cm).await.unwrap();
+    cms.replace("policy", &PostParams::default(), &cm)
+        .await
+        .unwrap();
     match cms.replace("policy", &PostParams::default(), &cm).await {
         Err(kube::Error::Api(e)) => {
             assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
@@ -173,13 +215,21 @@ async fn typed_reads_patches_and_conflicts() {
 
     // Server-side apply creates, then updates.
     let ssa = PatchParams::apply("updater").force();
-    cms.patch("applied", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "applied"}, "data": {"a": "1"}})))
-        .await
-        .unwrap();
+    cms.patch(
+        "applied",
+        &ssa,
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "applied"}, "data": {"a": "1"}})),
+    )
+    .await
+    .unwrap();
     let cm = cms
-        .patch("applied", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "applied"}, "data": {"a": "2"}})))
+        .patch(
+            "applied",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "applied"}, "data": {"a": "2"}})),
+        )
         .await
         .unwrap();
     assert_eq!(cm.data.unwrap()["a"], "2");
@@ -189,17 +239,26 @@ async fn typed_reads_patches_and_conflicts() {
 async fn eviction_deletion_and_watcher() {
     let server = start();
     server.add_nodes("node", 2);
-    server.apply(fixtures::deployment("default", "web", 2)).unwrap();
     server
-        .apply(fixtures::pdb_min_available("default", "web", "web", json!(2)))
+        .apply(fixtures::deployment("default", "web", 2))
+        .unwrap();
+    server
+        .apply(fixtures::pdb_min_available(
+            "default",
+            "web",
+            "web",
+            json!(2),
+        ))
         .unwrap();
     let c = client(&server).await;
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), "default");
     wait("a spent budget over 2 healthy pods", || async {
-        pdbs.get("web").await.unwrap().status.is_some_and(|s| {
-            s.current_healthy == 2 && s.disruptions_allowed == 0
-        })
+        pdbs.get("web")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.current_healthy == 2 && s.disruptions_allowed == 0)
     })
     .await;
     let name = pods.list(&ListParams::default()).await.unwrap().items[0]
@@ -210,15 +269,26 @@ async fn eviction_deletion_and_watcher() {
     match pods.evict(&name, &EvictParams::default()).await {
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 429);
-            assert_eq!(e.message, "Cannot evict pod as it would violate the pod's disruption budget.");
+            assert_eq!(
+                e.message,
+                "Cannot evict pod as it would violate the pod's disruption budget."
+            );
         }
         other => panic!("expected 429, got {other:?}"),
     }
 
     // The watcher sees the deletion and the replacement.
     let mut stream = watcher(pods.clone(), watcher::Config::default()).boxed();
-    let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap();
-    assert!(first.unwrap().is_ok());
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("initial list within 10 s")
+            .expect("stream open")
+            .expect("initial event");
+        if matches!(ev, watcher::Event::InitDone) {
+            break;
+        }
+    }
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
         ..DeleteParams::default()
@@ -234,13 +304,14 @@ async fn eviction_deletion_and_watcher() {
             .expect("watch events within 15 s")
             .expect("stream open")
             .expect("watch event");
-        eprintln!("watcher event: {:?}", std::mem::discriminant(&ev));
         match ev {
-            watcher::Event::Delete(p) if p.metadata.name.as_deref() == Some(&name) => saw_delete = true,
+            watcher::Event::Delete(p) if p.metadata.name.as_deref() == Some(&name) => {
+                saw_delete = true
+            }
             watcher::Event::Apply(p) if p.metadata.name.as_deref() != Some(&name) => {
-                if p.metadata.creation_timestamp.is_some() && p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
-                    saw_new |= !server.pods_on_node("node-1").is_empty() || !server.pods_on_node("node-2").is_empty();
-                }
+                // The ReplicaSet's replacement: a pod created after the watch started.
+                saw_new |= p.metadata.resource_version.is_some()
+                    && p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
             }
             _ => {}
         }
