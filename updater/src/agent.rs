@@ -43,6 +43,9 @@ pub struct AgentOptions {
     pub steal_interval: Duration,
     /// How often the window check runs while a due node waits for its window (local only).
     pub window_check: Duration,
+    /// Tests only: after recording this step the agent stops doing anything (as if it
+    /// crashed right there), so a test can kill it at an exact step.
+    pub freeze_after_step: Option<Step>,
 }
 
 impl AgentOptions {
@@ -59,6 +62,7 @@ impl AgentOptions {
             node_ready_timeout: Duration::from_secs(900),
             steal_interval: Duration::from_secs(30),
             window_check: Duration::from_secs(60),
+            freeze_after_step: None,
         }
     }
 }
@@ -117,6 +121,7 @@ pub struct Agent {
     seen_patch_cm: Option<String>,
     node_rx: Option<watch::Receiver<Option<Snapshot<Node>>>>,
     reboot_issued: bool,
+    profiling: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -150,7 +155,13 @@ impl Agent {
             seen_patch_cm: None,
             node_rx: None,
             reboot_issued: false,
+            profiling: watch::channel(false).0,
         }
+    }
+
+    /// Follows `profiling: enable|disable` in the drain policy ConfigMap.
+    pub fn profiling_switch(&self) -> watch::Receiver<bool> {
+        self.profiling.subscribe()
     }
 
     fn client(&self) -> &kube::Client {
@@ -210,6 +221,10 @@ impl Agent {
                 .collect::<String>()
         );
         self.note(step == Step::Failed, &reason, message).await;
+        if self.opts.freeze_after_step == Some(step) {
+            warn!(node = %self.opts.node, step = %step, "frozen after this step (test hook)");
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
 
@@ -277,6 +292,7 @@ impl Agent {
                     if self.config.as_ref() != Some(&cfg) {
                         info!(node = %self.opts.node, policy = ?cfg, "drain policy in force");
                     }
+                    self.profiling.send_replace(cfg.profiling);
                     self.config = Some(cfg);
                     self.metrics
                         .drain_policy_valid

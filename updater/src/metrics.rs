@@ -168,7 +168,7 @@ pub fn metrics_handler(m: Arc<Metrics>, healthy: Arc<AtomicBool>) -> Handler {
     Arc::new(move |path| match path {
         "/metrics" => Some(("text/plain; version=0.0.4".into(), m.render())),
         "/healthz" if healthy.load(Ordering::Relaxed) => Some(("text/plain".into(), "ok\n".into())),
-        "/healthz" => Some(("text/plain".into(), "starting\n".into())),
+        "/healthz" => None,
         _ => None,
     })
 }

@@ -1,1 +1,106 @@
-fn main() {}
+//! `bootpatch-updater`: the per-node agent (a DaemonSet). Thin main: flags, logging, the
+//! metrics server, then `updater::agent::Agent::run`.
+
+use anyhow::Context as _;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bootpatch-updater",
+    version,
+    about = "Drain-aware OS patching agent, one per node"
+)]
+struct Args {
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Namespace of the Leases and the patch policy.
+    #[arg(long, default_value = "bootpatch-system", env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Drain policy ConfigMap name (the reference page's by default).
+    #[arg(long, default_value = updater::policy::DRAIN_POLICY_CONFIGMAP)]
+    drain_policy: String,
+    /// Drain policy ConfigMap namespace (default: --namespace).
+    #[arg(long)]
+    drain_policy_namespace: Option<String>,
+    /// Patch policy ConfigMap name.
+    #[arg(long, default_value = updater::policy::PATCH_POLICY_CONFIGMAP)]
+    patch_policy: String,
+    /// Host root mount.
+    #[arg(long, default_value = "/host")]
+    host_root: std::path::PathBuf,
+    /// bootpatch inside the host root.
+    #[arg(long, default_value = "/usr/local/sbin/bootpatch")]
+    bootpatch: String,
+    /// Seconds a slot lives without renewal before another node may take it over.
+    #[arg(long, default_value_t = 60)]
+    lease_seconds: u64,
+    /// /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Profiling endpoint, served while the drain policy says `profiling: enable`.
+    #[arg(long, default_value = "0.0.0.0:8082")]
+    profiling_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    updater::telemetry::init(args.log_format == "json");
+    if let Err(e) = run(args).await {
+        tracing::error!("{e:#}");
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut opts = updater::agent::AgentOptions::new(&args.node);
+    opts.namespace = args.namespace.clone();
+    opts.drain_policy_name = args.drain_policy;
+    opts.drain_policy_namespace = args.drain_policy_namespace.unwrap_or(args.namespace);
+    opts.patch_policy_name = args.patch_policy;
+    opts.lease_duration = Duration::from_secs(args.lease_seconds.max(5));
+    let kube = updater::kube_util::client_infer(opts.watch_timeout).await?;
+    let host = Arc::new(updater::host::RealHost {
+        root: args.host_root,
+        bootpatch: args.bootpatch,
+    });
+    let agent = updater::agent::Agent::new(opts, kube, host);
+    let _metrics = updater::metrics::serve(
+        args.metrics_addr,
+        updater::metrics::metrics_handler(agent.metrics.clone(), agent.healthy.clone()),
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    let profiling = agent.profiling_switch();
+    let addr = args.profiling_addr;
+    let _prof = tokio::spawn(async move {
+        let mut rx = profiling;
+        let mut server = None;
+        loop {
+            let on = *rx.borrow_and_update();
+            if on && server.is_none() {
+                match updater::metrics::serve(addr, updater::metrics::profiling_handler()).await {
+                    Ok(s) => server = Some(s),
+                    Err(e) => tracing::warn!(error = %e, "serving profiling on {addr}"),
+                }
+            } else if !on {
+                server = None;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::select! {
+        r = agent.run() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}

@@ -1,0 +1,823 @@
+//! Agents against the test API server, one agent per node in this process, with SIMULATED host
+//! actions (`updater::sim::SimulatedHost`: bootpatch apply and the reboot take set durations;
+//! the reboot takes the node NotReady on the test server). 3-node and 20-node clusters:
+//! scheduled and on-demand runs, a drain blocked by a PDB until its timeout, agents killed at
+//! every step and restarted, a node that never returns, an admin-cordoned node, a malformed
+//! ConfigMap, a managed node pool. Every wait has a timeout.
+
+mod common;
+
+use common::Cluster;
+use kube_testserver::fixtures;
+use kube_testserver::resources::{CONFIGMAPS, EVENTS, LEASES, NODES, PODS};
+use kube_testserver::store::{PatchType, Store};
+use kube_testserver::{util, Filter, Options};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use updater::agent::{Agent, AgentOptions};
+use updater::cycle::Step;
+use updater::kube_util::client_for_url;
+use updater::node as ann;
+use updater::sim::SimulatedHost;
+
+const NS: &str = "bootpatch-system";
+
+struct Fleet {
+    c: Arc<Cluster>,
+    rt: tokio::runtime::Runtime,
+    hosts: HashMap<String, Arc<SimulatedHost>>,
+    agents: HashMap<String, tokio::task::JoinHandle<()>>,
+    nodes: Vec<String>,
+}
+
+fn drain_policy(json: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "palette-agent-config", "namespace": NS},
+        "data": {"profiling": "disable", "feature.workloads": "enable", "drain": json}})
+}
+
+fn patch_policy(data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "bootpatch-patch-policy", "namespace": NS}, "data": data})
+}
+
+fn fast_opts(node: &str) -> AgentOptions {
+    let mut o = AgentOptions::new(node);
+    o.lease_duration = Duration::from_secs(3);
+    o.watch_timeout = Duration::from_secs(60);
+    o.node_ready_timeout = Duration::from_secs(10);
+    o.steal_interval = Duration::from_secs(1);
+    o.window_check = Duration::from_secs(1);
+    o
+}
+
+impl Fleet {
+    fn new(n: usize, drain_json: &str, patch: Value) -> Self {
+        let c = Arc::new(Cluster::start_with(Options {
+            pod_start_delay: Duration::from_millis(200),
+            ..Options::default()
+        }));
+        c.server
+            .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+            .unwrap();
+        let nodes = c.server.add_nodes("node", n);
+        c.server.apply(drain_policy(drain_json)).unwrap();
+        c.server.apply(patch_policy(patch)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut hosts = HashMap::new();
+        for name in &nodes {
+            let cc = c.clone();
+            let h = SimulatedHost::new(
+                name,
+                Duration::from_millis(300),
+                Duration::from_millis(700),
+                true,
+            )
+            .with_reboot_hook(Arc::new(move |node, down| {
+                cc.server.simulate_node_reboot(node, down);
+            }));
+            hosts.insert(name.clone(), Arc::new(h));
+        }
+        Self {
+            c,
+            rt,
+            hosts,
+            agents: HashMap::new(),
+            nodes,
+        }
+    }
+
+    fn start(&mut self, node: &str) {
+        self.start_with(node, fast_opts(node));
+    }
+
+    fn start_with(&mut self, node: &str, opts: AgentOptions) {
+        let _g = self.rt.enter();
+        let kube = client_for_url(&self.c.server.url(), opts.watch_timeout).unwrap();
+        let agent = Agent::new(opts, kube, self.hosts[node].clone());
+        let h = self.rt.spawn(async move {
+            if let Err(e) = agent.run().await {
+                eprintln!("agent ended: {e:#}");
+            }
+        });
+        if let Some(old) = self.agents.insert(node.to_string(), h) {
+            old.abort();
+        }
+    }
+
+    fn start_all(&mut self) {
+        for n in self.nodes.clone() {
+            self.start(&n);
+        }
+    }
+
+    /// Kills an agent (in-process task cancellation: everything it was doing stops).
+    fn kill(&mut self, node: &str) {
+        if let Some(h) = self.agents.remove(node) {
+            h.abort();
+            let _ = self.rt.block_on(h);
+        }
+    }
+
+    fn node(&self, n: &str) -> Value {
+        self.c.server.get(&NODES, "", n).unwrap()
+    }
+
+    fn ann(&self, n: &str, key: &str) -> String {
+        util::str_at(
+            &self.node(n),
+            &format!("metadata.annotations.{}", key.replace('.', "\\.")),
+        )
+        .to_string()
+    }
+
+    fn ospatch(&self, args: &[&str]) -> common::Out {
+        self.c.run_for(
+            env!("CARGO_BIN_EXE_kubectl-ospatch"),
+            args,
+            Duration::from_secs(30),
+        )
+    }
+
+    fn wait(&self, what: &str, secs: u64, cond: impl FnMut(&Store) -> bool) {
+        assert!(
+            self.c.server.wait_until(Duration::from_secs(secs), cond),
+            "timed out after {secs}s waiting for {what}; nodes: {:#?}",
+            self.nodes
+                .iter()
+                .map(|n| (
+                    n.clone(),
+                    self.ann(n, ann::STEP),
+                    self.ann(n, ann::LAST_RESULT),
+                    self.ann(n, ann::LAST_MESSAGE),
+                    unschedulable(&self.node(n))
+                ))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, h) in self.agents.drain() {
+            h.abort();
+        }
+    }
+}
+
+fn annotation(node: &Value, key: &str) -> String {
+    node["metadata"]["annotations"][key]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn unschedulable(node: &Value) -> bool {
+    node["spec"]["unschedulable"].as_bool().unwrap_or(false)
+}
+
+fn nodes_of(s: &Store) -> Vec<Value> {
+    s.list(&NODES, &Filter::default())
+        .into_iter()
+        .map(|o| (*o).clone())
+        .collect()
+}
+
+fn all_results(s: &Store, nodes: &[String], result: &str) -> bool {
+    let all = nodes_of(s);
+    nodes.iter().all(|n| {
+        all.iter().any(|o| {
+            util::str_at(o, "metadata.name") == n
+                && annotation(o, ann::LAST_RESULT) == result
+                && annotation(o, ann::STEP) == "idle"
+        })
+    })
+}
+
+fn held_leases(s: &Store) -> usize {
+    s.list(
+        &LEASES,
+        &Filter {
+            namespace: Some(NS.into()),
+            ..Filter::default()
+        },
+    )
+    .iter()
+    .filter(|l| !util::str_at(l, "spec.holderIdentity").is_empty())
+    .count()
+}
+
+fn events_with_reason(s: &Store, reason: &str) -> Vec<Value> {
+    s.list(&EVENTS, &Filter::default())
+        .into_iter()
+        .filter(|e| util::str_at(e, "reason") == reason)
+        .map(|e| (*e).clone())
+        .collect()
+}
+
+fn ready_pods(s: &Store, app: &str) -> usize {
+    s.list(&PODS, &Filter::default())
+        .iter()
+        .filter(|p| util::str_at(p, "metadata.labels.app") == app)
+        .filter(|p| util::path(p, "metadata.deletionTimestamp").is_none())
+        .filter(|p| kube_testserver::controllers::pod_ready(p))
+        .count()
+}
+
+/// Samples the cluster in the background: the most slots held and nodes cordoned by the
+/// agents at once, and the fewest ready pods of `app`.
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    max_held: Arc<AtomicUsize>,
+    max_cordoned: Arc<AtomicUsize>,
+    min_ready: Arc<AtomicUsize>,
+    t: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    fn start(c: &Arc<Cluster>, app: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_held = Arc::new(AtomicUsize::new(0));
+        let max_cordoned = Arc::new(AtomicUsize::new(0));
+        let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
+        let (s, h, cd, r, c) = (
+            stop.clone(),
+            max_held.clone(),
+            max_cordoned.clone(),
+            min_ready.clone(),
+            c.clone(),
+        );
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                c.server.with_store(|st| {
+                    h.fetch_max(held_leases(st), Ordering::Relaxed);
+                    let cordoned = nodes_of(st)
+                        .iter()
+                        .filter(|n| {
+                            annotation(n, ann::CORDONED_BY_AGENT) == "true" && unschedulable(n)
+                        })
+                        .count();
+                    cd.fetch_max(cordoned, Ordering::Relaxed);
+                    r.fetch_min(ready_pods(st, app), Ordering::Relaxed);
+                });
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            stop,
+            max_held,
+            max_cordoned,
+            min_ready,
+            t: Some(t),
+        }
+    }
+
+    fn finish(mut self) -> (usize, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.t.take() {
+            let _ = t.join();
+        }
+        (
+            self.max_held.load(Ordering::Relaxed),
+            self.max_cordoned.load(Ordering::Relaxed),
+            self.min_ready.load(Ordering::Relaxed),
+        )
+    }
+}
+
+const DRAIN_OK: &str = r#"{"timeout": "60s", "gracePeriod": 0, "deleteLocalData": true, "ignoreDaemonSets": true, "force": false}"#;
+
+fn seed_workloads(f: &Fleet, replicas: i64) {
+    f.c.server
+        .apply(fixtures::daemonset("default", "node-agent"))
+        .unwrap();
+    f.c.server
+        .apply(fixtures::deployment("default", "web", replicas))
+        .unwrap();
+    f.c.server
+        .apply(fixtures::pdb_max_unavailable(
+            "default",
+            "web",
+            "web",
+            json!(1),
+        ))
+        .unwrap();
+    f.wait("web ready", 20, |s| {
+        ready_pods(s, "web") == replicas as usize
+    });
+}
+
+#[test]
+fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
+    let mut f = Fleet::new(3, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    seed_workloads(&f, 3);
+    f.start_all();
+    let nodes = f.nodes.clone();
+    // The first-boot result is published from the host's state file.
+    f.wait("first-boot state published", 10, |s| {
+        nodes_of(s).iter().all(|n| {
+            annotation(n, ann::PATCHED_VERSION) == "12.10"
+                && annotation(n, ann::FIRST_BOOT_RESULT).starts_with("patched")
+        })
+    });
+    let o = f.ospatch(&["status"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.starts_with("NODE"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("PATCHED VERSION")
+            && o.stdout.contains("LAST APPLIED PATCH TIME")
+            && o.stdout.contains("REBOOT REQUIRED")
+    );
+    assert!(
+        o.stdout.lines().any(|l| l.starts_with("node-1")
+            && l.contains("12.10")
+            && l.contains("2026-01-01T00:00:00Z")
+            && l.contains("idle")),
+        "{}",
+        o.stdout
+    );
+
+    let mon = Monitor::start(&f.c, "web");
+    let o = f.ospatch(&["now"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout.lines().count(), 3);
+    f.wait("all nodes patched", 90, |s| {
+        all_results(s, &nodes, "success")
+    });
+    let (held, cordoned, min_ready) = mon.finish();
+    assert_eq!(held, 1, "at most one slot held");
+    assert_eq!(cordoned, 1, "at most one node cordoned at a time");
+    assert!(
+        min_ready >= 2,
+        "PDB (maxUnavailable 1) violated: {min_ready} ready"
+    );
+    for n in &nodes {
+        let node = f.node(n);
+        assert!(!unschedulable(&node), "{n} left cordoned");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), "12.11");
+        assert_eq!(annotation(&node, ann::REBOOT_REQUIRED), "false");
+        assert!(annotation(&node, ann::LAST_APPLIED_PATCH_TIME).starts_with("20"));
+        assert_eq!(
+            f.hosts[n].reboots.load(Ordering::SeqCst),
+            1,
+            "{n} rebooted once"
+        );
+        assert!(annotation(&node, ann::WORKLOADS_MOVED).starts_with('['));
+    }
+    f.c.server.with_store(|s| {
+        assert_eq!(held_leases(s), 0);
+        for r in [
+            "OSPatchSlotHeld",
+            "OSPatchCordoned",
+            "OSPatchDrained",
+            "OSPatchPatching",
+            "OSPatchRebooting",
+            "OSPatchUncordoned",
+            "OSPatchIdle",
+            "OSPatchFirstBoot",
+        ] {
+            assert!(events_with_reason(s, r).len() >= 3, "events {r}");
+        }
+    });
+    let o = f.ospatch(&["status"]);
+    assert!(
+        o.stdout
+            .lines()
+            .filter(|l| l.contains("12.11") && l.contains("success"))
+            .count()
+            == 3,
+        "{}",
+        o.stdout
+    );
+    // Once is once: nothing more happens.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(nodes
+        .iter()
+        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1));
+}
+
+#[test]
+fn twenty_nodes_scheduled_run_respects_concurrency_pdb_and_an_admin_cordon() {
+    let mut f = Fleet::new(
+        20,
+        DRAIN_OK,
+        json!({"maxConcurrency": "25%", "schedule": "* * * * *", "paused": "true"}),
+    );
+    seed_workloads(&f, 10);
+    // An admin cordons node-7 before the run: it must stay cordoned.
+    let o = f.c.kubectl(&["cordon", "node-7"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    f.start_all();
+    let nodes = f.nodes.clone();
+    f.wait("agents up", 20, |s| {
+        nodes_of(s)
+            .iter()
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+    });
+    let mon = Monitor::start(&f.c, "web");
+    let o = f.ospatch(&["resume"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    f.wait("all 20 patched on schedule", 240, |s| {
+        all_results(s, &nodes, "success")
+    });
+    let (held, cordoned, min_ready) = mon.finish();
+    assert!(held <= 5, "more than 25% of 20 slots held: {held}");
+    assert!(cordoned <= 5, "{cordoned} cordoned at once");
+    assert!(min_ready >= 9, "PDB violated: {min_ready} of 10 ready");
+    assert!(
+        unschedulable(&f.node("node-7")),
+        "the admin's cordon was undone"
+    );
+    assert_eq!(
+        annotation(&f.node("node-7"), ann::CORDONED_BY_AGENT),
+        "false"
+    );
+    for n in nodes.iter().filter(|n| *n != "node-7") {
+        assert!(!unschedulable(&f.node(n)), "{n} left cordoned");
+    }
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
+
+#[test]
+fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
+    let mut f = Fleet::new(
+        3,
+        r#"{"timeout": "3s", "ignoreDaemonSets": true}"#,
+        json!({"maxConcurrency": "1"}),
+    );
+    // Two web pods, both on node-1, and a PDB that allows no disruption.
+    for n in ["node-2", "node-3"] {
+        f.c.server
+            .with_store(|s| {
+                s.patch(
+                    &NODES,
+                    "",
+                    n,
+                    PatchType::Merge,
+                    &json!({"spec": {"unschedulable": true}}),
+                    false,
+                    false,
+                )
+            })
+            .unwrap();
+    }
+    f.c.server
+        .apply(fixtures::deployment("default", "web", 2))
+        .unwrap();
+    f.wait("web ready", 20, |s| ready_pods(s, "web") == 2);
+    for n in ["node-2", "node-3"] {
+        f.c.server
+            .with_store(|s| {
+                s.patch(
+                    &NODES,
+                    "",
+                    n,
+                    PatchType::Merge,
+                    &json!({"spec": {"unschedulable": null}}),
+                    false,
+                    false,
+                )
+            })
+            .unwrap();
+    }
+    f.c.server
+        .apply(fixtures::pdb_min_available(
+            "default",
+            "web",
+            "web",
+            json!(2),
+        ))
+        .unwrap();
+    f.start("node-1");
+    let o = f.ospatch(&["now", "node-1"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    f.wait("drain timed out", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1"
+                && annotation(n, ann::LAST_RESULT) == "drain-timeout"
+                && annotation(n, ann::STEP) == "idle"
+        })
+    });
+    let node = f.node("node-1");
+    assert!(!unschedulable(&node), "uncordoned after the failed drain");
+    let msg = annotation(&node, ann::LAST_MESSAGE);
+    assert!(msg.contains("global timeout reached: 3s"), "{msg}");
+    assert_eq!(
+        f.hosts["node-1"].applies.load(Ordering::SeqCst),
+        0,
+        "not patched"
+    );
+    f.c.server.with_store(|s| {
+        assert_eq!(held_leases(s), 0, "slot released");
+        assert!(!events_with_reason(s, "OSPatchDrainFailed").is_empty());
+        assert_eq!(ready_pods(s, "web"), 2, "nothing evicted past the PDB");
+    });
+    // Not retried until the next window / request.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        annotation(&f.node("node-1"), ann::LAST_RESULT),
+        "drain-timeout"
+    );
+}
+
+#[test]
+fn agent_killed_at_every_step_resumes_and_finishes() {
+    for step in [
+        Step::SlotHeld,
+        Step::Cordoned,
+        Step::Drained,
+        Step::Patching,
+        Step::Rebooting,
+        Step::Uncordoned,
+    ] {
+        let mut f = Fleet::new(3, DRAIN_OK, json!({"maxConcurrency": "1"}));
+        seed_workloads(&f, 3);
+        let mut o = fast_opts("node-1");
+        o.freeze_after_step = Some(step);
+        f.start_with("node-1", o);
+        let o = f.ospatch(&["now", "node-1"]);
+        assert_eq!(o.code, 0);
+        f.wait(&format!("step {step}"), 30, |s| {
+            nodes_of(s).iter().any(|n| {
+                util::str_at(n, "metadata.name") == "node-1"
+                    && annotation(n, ann::STEP) == step.as_str()
+            })
+        });
+        f.kill("node-1");
+        f.start("node-1");
+        let nodes = vec!["node-1".to_string()];
+        f.wait(&format!("finish after a kill at {step}"), 60, |s| {
+            all_results(s, &nodes, "success")
+        });
+        let node = f.node("node-1");
+        assert!(!unschedulable(&node), "killed at {step}: left cordoned");
+        assert_eq!(
+            annotation(&node, ann::PATCHED_VERSION),
+            "12.11",
+            "killed at {step}"
+        );
+        f.c.server
+            .with_store(|s| assert_eq!(held_leases(s), 0, "killed at {step}: slot kept"));
+        let reboots = f.hosts["node-1"].reboots.load(Ordering::SeqCst);
+        assert_eq!(reboots, 1, "killed at {step}: {reboots} reboots");
+    }
+}
+
+#[test]
+fn agent_killed_mid_drain_resumes() {
+    let mut f = Fleet::new(3, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    seed_workloads(&f, 3);
+    f.start("node-1");
+    f.ospatch(&["now", "node-1"]);
+    f.wait("cordoned", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "cordoned"
+        })
+    });
+    f.kill("node-1");
+    std::thread::sleep(Duration::from_millis(300));
+    f.start("node-1");
+    let nodes = vec!["node-1".to_string()];
+    f.wait("finish", 60, |s| all_results(s, &nodes, "success"));
+    assert!(!unschedulable(&f.node("node-1")));
+}
+
+#[test]
+fn a_node_that_never_returns_is_taken_over_left_cordoned_and_marked_failed() {
+    let mut f = Fleet::new(3, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    seed_workloads(&f, 3);
+    f.hosts["node-1"]
+        .never_returns
+        .store(true, Ordering::SeqCst);
+    // node-1 goes first: the others start after it has the slot.
+    f.start("node-1");
+    f.ospatch(&["now"]);
+    f.wait("node-1 rebooting", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "rebooting"
+        })
+    });
+    // The host is gone for good, and its agent with it.
+    f.kill("node-1");
+    f.start("node-2");
+    f.start("node-3");
+    let others = vec!["node-2".to_string(), "node-3".to_string()];
+    f.wait("the others patched", 90, |s| {
+        all_results(s, &others, "success")
+    });
+    let n1 = f.node("node-1");
+    assert_eq!(annotation(&n1, ann::STEP), "failed");
+    assert!(unschedulable(&n1), "a lost node stays cordoned for a human");
+    assert!(
+        annotation(&n1, ann::LAST_MESSAGE).contains("taken over"),
+        "{}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    let o = f.ospatch(&["status"]);
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with("node-1") && l.contains("failed")),
+        "{}",
+        o.stdout
+    );
+    f.c.server
+        .with_store(|s| assert!(!events_with_reason(s, "OSPatchFailed").is_empty()));
+}
+
+#[test]
+fn malformed_configmaps_are_reported_and_the_last_good_policy_stays() {
+    let mut f = Fleet::new(
+        3,
+        DRAIN_OK,
+        json!({"maxConcurrency": "1", "paused": "true"}),
+    );
+    seed_workloads(&f, 3);
+    f.start_all();
+    f.wait("agents up", 10, |s| {
+        nodes_of(s)
+            .iter()
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+    });
+    // Break the drain policy: the defaults would refuse the DaemonSet pods, the last good one
+    // ignores them, so a successful run shows which one is in force.
+    let mut cm =
+        f.c.server
+            .get(&CONFIGMAPS, NS, "palette-agent-config")
+            .unwrap();
+    cm["data"]["drain"] = json!(r#"{"timeout": "soon", "ignoreDaemonSets": true}"#);
+    f.c.server
+        .with_store(|s| s.update(&CONFIGMAPS, NS, "palette-agent-config", cm, false, false))
+        .unwrap();
+    f.wait("malformed policy reported", 10, |s| {
+        events_with_reason(s, "DrainPolicyInvalid").len() >= 3
+    });
+    f.wait("status shows it", 10, |s| {
+        nodes_of(s)
+            .iter()
+            .all(|n| annotation(n, "ospatch.bootpatch.io/policy-error").contains("soon"))
+    });
+    let o = f.ospatch(&["drain-policy"]);
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("does not parse") && o.stderr.contains("soon"),
+        "{o:?}"
+    );
+    // A malformed patch policy is reported too, and pause (the last good value) holds.
+    let mut pp =
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap();
+    pp["data"]["maxConcurrency"] = json!("lots");
+    f.c.server
+        .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
+        .unwrap();
+    f.wait("malformed patch policy reported", 10, |s| {
+        events_with_reason(s, "PatchPolicyInvalid").len() >= 3
+    });
+    f.ospatch(&["now", "node-2"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        annotation(&f.node("node-2"), ann::STEP),
+        "",
+        "paused (last good patch policy)"
+    );
+    // Fix the patch policy (unpaused); the drain policy stays broken: the last good one drains.
+    let mut pp =
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap();
+    pp["data"] = json!({"maxConcurrency": "1"});
+    f.c.server
+        .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
+        .unwrap();
+    let nodes = vec!["node-2".to_string()];
+    f.wait("node-2 patched under the last good drain policy", 60, |s| {
+        all_results(s, &nodes, "success")
+    });
+
+    // An agent that never saw a good drain policy drains nothing.
+    let mut g = Fleet::new(2, r#"{"force": maybe}"#, json!({"maxConcurrency": "1"}));
+    g.start_all();
+    g.wait("reported", 10, |s| {
+        events_with_reason(s, "DrainPolicyInvalid").len() >= 2
+    });
+    g.ospatch(&["now"]);
+    std::thread::sleep(Duration::from_secs(3));
+    for n in ["node-1", "node-2"] {
+        let node = g.node(n);
+        assert!(!unschedulable(&node));
+        assert_eq!(
+            annotation(&node, ann::LAST_RUN_START),
+            "",
+            "a run started under a policy that did not parse"
+        );
+    }
+}
+
+#[test]
+fn managed_node_pools_and_imported_clusters_are_refused() {
+    let mut f = Fleet::new(2, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    f.c.server
+        .with_store(|s| {
+            s.patch(
+                &NODES,
+                "",
+                "node-1",
+                PatchType::Merge,
+                &json!({"metadata": {"labels": {"eks.amazonaws.com/nodegroup": "ng-1"}}}),
+                false,
+                false,
+            )
+        })
+        .unwrap();
+    f.start_all();
+    f.ospatch(&["now", "node-1"]);
+    f.wait("refused", 15, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1"
+                && annotation(n, ann::LAST_RESULT) == "refused"
+        })
+    });
+    let n1 = f.node("node-1");
+    assert!(annotation(&n1, ann::LAST_MESSAGE).contains("EKS"));
+    assert!(!unschedulable(&n1));
+    assert_eq!(f.hosts["node-1"].applies.load(Ordering::SeqCst), 0);
+    // Imported cluster: every node refuses.
+    let mut pp =
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap();
+    pp["data"]["importedCluster"] = json!("true");
+    f.c.server
+        .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
+        .unwrap();
+    f.ospatch(&["now", "node-2"]);
+    f.wait("refused", 15, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-2"
+                && annotation(n, ann::LAST_MESSAGE).contains("imported")
+        })
+    });
+    assert_eq!(f.hosts["node-2"].applies.load(Ordering::SeqCst), 0);
+    f.c.server
+        .with_store(|s| assert!(!events_with_reason(s, "OSPatchRefused").is_empty()));
+}
+
+#[test]
+fn plugin_schedule_pause_resume_and_drain_policy() {
+    let f = Fleet::new(
+        1,
+        r#"{"timeout": 600000000, "gracePeriod": 600, "deleteLocalData": true, "ignoreDaemonSets": true, "force": true, "disableEviction": false, "skipWaitForDeleteTimeout": 600}"#,
+        json!({}),
+    );
+    let o = f.ospatch(&["schedule", "0 2 * * 6", "--time-zone", "Europe/Berlin"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let cm =
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap();
+    assert_eq!(cm["data"]["schedule"], "0 2 * * 6");
+    assert_eq!(cm["data"]["timeZone"], "Europe/Berlin");
+    let o = f.ospatch(&["schedule", "61 * * * *"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("61"), "{o:?}");
+    assert_eq!(f.ospatch(&["pause"]).code, 0);
+    assert_eq!(
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap()["data"]["paused"],
+        "true"
+    );
+    assert_eq!(f.ospatch(&["resume"]).code, 0);
+    assert_eq!(
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap()["data"]["paused"],
+        "false"
+    );
+    let o = f.ospatch(&["drain-policy"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout
+            .contains("timeout:                  600ms (600000000 ns)"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("gracePeriod:              600s"));
+    assert!(
+        o.stdout.contains("Warning: drain.timeout is 600000000 ns"),
+        "{}",
+        o.stdout
+    );
+    let o = f.ospatch(&["now", "--selector", "kubernetes.io/hostname=node-1"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(!annotation(&f.node("node-1"), ann::PATCH_REQUESTED).is_empty());
+}
