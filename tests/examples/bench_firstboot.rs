@@ -14,8 +14,8 @@
 //!
 //! Run: `make bench-firstboot` (root, QEMU, a few minutes per boot under TCG).
 
-use bootpatch_e2e::repo::{self, Key};
-use bootpatch_e2e::{fixtures, vm};
+use bootpatch_e2e::repo::Key;
+use bootpatch_e2e::vm;
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,23 +59,9 @@ fn main() {
         .tempdir_in(bootpatch_e2e::cache_dir())
         .unwrap();
     let w = work.path();
-    let debs = w.join("debs");
-    std::fs::create_dir_all(&debs).unwrap();
-    let (bf, _, point) =
-        fixtures::point_release(&vm::cached_deb(&image.cache, "base-files"), &debs);
-    let (kernel, _) = fixtures::reboot_requiring(
-        &vm::cached_deb(&image.cache, "linux-image-cloud-amd64"),
-        &debs,
-    );
+    let (debs, point) = vm::patch_packages(&image, &w.join("debs"));
     let key = Key::generate("patches");
-    repo::build(
-        &w.join("repo"),
-        "bookworm-updates",
-        &[bf, kernel],
-        Some(&key),
-    );
-    let patches = w.join("patches.img");
-    vm::ext4_disk(&w.join("repo"), &patches, "bpatches");
+    let patches = vm::patch_disk(&debs, &key, w);
     let indented = |n: usize| -> String {
         key.armored
             .lines()
@@ -83,49 +69,27 @@ fn main() {
             .collect()
     };
     let join = "joinCommand: [\"sh\", \"-c\", \"mkdir -p /var/lib/bootpatch-test && cat /proc/sys/kernel/random/boot_id >> /var/lib/bootpatch-test/join\"]\n";
-
-    // bootpatch.
-    let vals = w.join("bootpatch.values.yaml");
-    std::fs::write(
-        &vals,
-        format!("patchOnBoot: true\nrebootIfRequired: true\nsourcesMode: only\nsources:\n  - name: patches\n    uris: [\"file:/srv/patches\"]\n    suites: [bookworm-updates]\n    signedBy: |\n{}{join}", indented(6)),
-    )
-    .unwrap();
-    let rendered = w.join("bootpatch.rendered.yaml");
-    vm::render(&vals, &rendered);
-    let ud = w.join("bootpatch.user-data");
-    std::fs::write(
-        &ud,
-        vm::multipart(
-            &std::fs::read_to_string(&rendered).unwrap(),
-            vm::INSTRUMENTATION,
-        ),
-    )
-    .unwrap();
-    let seed_bp = w.join("bootpatch.iso");
-    vm::seed(&ud, &seed_bp);
-
-    // cloud-init alone.
-    let vals = w.join("cloudinit.values.yaml");
-    std::fs::write(&vals, format!("patchOnBoot: false\n{join}")).unwrap();
-    let rendered = w.join("cloudinit.rendered.yaml");
-    vm::render(&vals, &rendered);
+    let seed_bp = vm::seed_for(
+        &format!("patchOnBoot: true\nrebootIfRequired: true\nsourcesMode: only\nsources:\n  - name: patches\n    uris: [\"file:/srv/patches\"]\n    suites: [bookworm-updates]\n    signedBy: |\n{}{join}", indented(6)),
+        &[],
+        w,
+        "bootpatch",
+    );
+    // cloud-init alone: bootpatch off, the image's own (unreachable)
+    // sources removed as sourcesMode: only does, the repository as an apt
+    // source, and cloud-init's package modules.
     let ci = format!(
         "#cloud-config\nbootcmd:\n  - [sh, -c, \"rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list\"]\n\
          apt:\n  sources:\n    patches:\n      source: \"deb file:/srv/patches bookworm-updates main\"\n      key: |\n{}\
          package_update: true\npackage_upgrade: true\npackage_reboot_if_required: true\n",
         indented(8)
     );
-    let ud = w.join("cloudinit.user-data");
-    let instrumentation_plus = format!("{}\n", vm::INSTRUMENTATION);
-    let three_parts = vm::multipart(&std::fs::read_to_string(&rendered).unwrap(), &instrumentation_plus)
-        .replace(
-            "--BOOTPATCH-TEST-BOUNDARY--\n",
-            &format!("--BOOTPATCH-TEST-BOUNDARY\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nMerge-Type: list(append)+dict(no_replace,recurse_list)+str()\n\n{ci}\n--BOOTPATCH-TEST-BOUNDARY--\n"),
-        );
-    std::fs::write(&ud, three_parts).unwrap();
-    let seed_ci = w.join("cloudinit.iso");
-    vm::seed(&ud, &seed_ci);
+    let seed_ci = vm::seed_for(
+        &format!("patchOnBoot: false\n{join}"),
+        &[&ci],
+        w,
+        "cloudinit",
+    );
 
     let (mut bp, mut ci_t) = (vec![], vec![]);
     for i in 0..RUNS {

@@ -184,12 +184,65 @@ write_files:
       systemctl poweroff
 "#;
 
-/// Multi-part user-data: the rendered document, then the instrumentation.
-pub fn multipart(rendered: &str, instrumentation: &str) -> String {
-    let boundary = "BOOTPATCH-TEST-BOUNDARY";
-    format!(
-        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n--{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Disposition: attachment; filename=\"user-data.yaml\"\n\n{rendered}\n--{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Disposition: attachment; filename=\"test-instrumentation.yaml\"\nMerge-Type: list(append)+dict(no_replace,recurse_list)+str()\n\n{instrumentation}\n--{boundary}--\n"
+/// Multi-part user-data: the rendered document, then further cloud-config
+/// parts, merged into it by appending lists (bootcmd, write_files).
+pub fn multipart(rendered: &str, parts: &[&str]) -> String {
+    let b = "BOOTPATCH-TEST-BOUNDARY";
+    let mut out = format!("Content-Type: multipart/mixed; boundary=\"{b}\"\nMIME-Version: 1.0\n\n");
+    out += &format!("--{b}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{rendered}\n");
+    for p in parts {
+        out += &format!(
+            "--{b}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nMerge-Type: list(append)+dict(no_replace,recurse_list)+str()\n\n{p}\n"
+        );
+    }
+    out + &format!("--{b}--\n")
+}
+
+/// The guest's patch packages, from the image's own package cache: a
+/// repacked base-files that raises the point release and a repacked kernel
+/// metapackage whose postinst asks for a reboot. Returns the .debs and the
+/// Patched Version they lead to.
+pub fn patch_packages(image: &Image, out: &Path) -> (Vec<PathBuf>, String) {
+    std::fs::create_dir_all(out).unwrap();
+    let (bf, _, point) =
+        crate::fixtures::point_release(&cached_deb(&image.cache, "base-files"), out);
+    let (kernel, _) =
+        crate::fixtures::reboot_requiring(&cached_deb(&image.cache, KERNEL_META), out);
+    (vec![bf, kernel], point)
+}
+
+/// The kernel metapackage of the debian-12 image, whose repacked upgrade
+/// asks for a reboot.
+pub const KERNEL_META: &str = "linux-image-cloud-amd64";
+
+/// A signed repository of `debs` for bookworm-updates on an ext4 disk
+/// labelled `bpatches`, which the instrumentation mounts at /srv/patches.
+pub fn patch_disk(debs: &[PathBuf], signer: &crate::repo::Key, work: &Path) -> PathBuf {
+    let repo_dir = work.join("repo");
+    crate::repo::build(&repo_dir, "bookworm-updates", debs, Some(signer));
+    let img = work.join("patches.img");
+    ext4_disk(&repo_dir, &img, "bpatches");
+    img
+}
+
+/// Renders `values` and adds `extra` cloud-config parts (the
+/// instrumentation first), then makes the seed. Returns the seed's path.
+pub fn seed_for(values: &str, extra: &[&str], work: &Path, tag: &str) -> PathBuf {
+    let vals = work.join(format!("{tag}.values.yaml"));
+    std::fs::write(&vals, values).unwrap();
+    let rendered = work.join(format!("{tag}.rendered.yaml"));
+    render(&vals, &rendered);
+    let mut parts = vec![INSTRUMENTATION];
+    parts.extend_from_slice(extra);
+    let ud = work.join(format!("{tag}.user-data"));
+    std::fs::write(
+        &ud,
+        multipart(&std::fs::read_to_string(&rendered).unwrap(), &parts),
     )
+    .unwrap();
+    let iso = work.join(format!("{tag}.seed.iso"));
+    seed(&ud, &iso);
+    iso
 }
 
 /// Makes a NoCloud seed with `builder seed`.
@@ -274,10 +327,21 @@ impl Guest {
         None
     }
 
-    /// Cuts the power: kills `builder boot` and QEMU at once.
+    /// Cuts the power: kills `builder boot` and QEMU at once, and waits
+    /// until QEMU (not our child, so not reaped by us) is gone and has let
+    /// go of the disk.
     pub fn power_cut(mut self) {
         crate::kill_group(&self.child);
         let _ = self.child.wait();
+        let serial = self.serial.to_string_lossy().into_owned();
+        let t = Instant::now();
+        while processes_mentioning(&serial) > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "QEMU outlived its power cut"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits for `builder boot` to return: Ok(exit code) when the guest
@@ -290,6 +354,25 @@ impl Guest {
         }
         (st.code().unwrap_or(-1), err)
     }
+}
+
+/// How many live processes have `text` in their command line.
+fn processes_mentioning(text: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(text)
+        })
+        .count()
 }
 
 /// What the guest's report said, decoded.

@@ -10,15 +10,15 @@
 //!
 //! Needs root, qemu-system-x86 and OVMF (scripts/deps/builder.sh).
 
-use bootpatch_e2e::repo::{self, Key};
+use bootpatch_e2e::assert_state_matches_schema;
+use bootpatch_e2e::repo::Key;
 use bootpatch_e2e::vm::{self, Guest, Report};
-use bootpatch_e2e::{assert_state_matches_schema, fixtures};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
-const KERNEL_META: &str = "linux-image-cloud-amd64";
+use bootpatch_e2e::vm::KERNEL_META;
 
 struct Case {
     dir: tempfile::TempDir,
@@ -52,42 +52,21 @@ impl Case {
             .tempdir_in(bootpatch_e2e::cache_dir())
             .unwrap();
         let d = dir.path();
-        let debs = d.join("debs");
-        std::fs::create_dir_all(&debs).unwrap();
-        let (bf, _, point) =
-            fixtures::point_release(&vm::cached_deb(&image.cache, "base-files"), &debs);
-        let (kernel, _) =
-            fixtures::reboot_requiring(&vm::cached_deb(&image.cache, KERNEL_META), &debs);
+        let (debs, point) = vm::patch_packages(&image, &d.join("debs"));
         let trusted = Key::generate("patches");
-        let patches = (kind != RepoKind::Absent).then(|| {
-            let repo_dir = d.join("repo");
-            let stranger;
-            let signer = if kind == RepoKind::SignedByStranger {
-                stranger = Key::generate("stranger");
-                &stranger
-            } else {
-                &trusted
-            };
-            repo::build(&repo_dir, "bookworm-updates", &[bf, kernel], Some(signer));
-            let img = d.join("patches.img");
-            vm::ext4_disk(&repo_dir, &img, "bpatches");
-            img
-        });
-        let vals = d.join("values.yaml");
-        std::fs::write(&vals, values(&trusted.armored, reboot, patch_on_boot)).unwrap();
-        let rendered = d.join("rendered.yaml");
-        vm::render(&vals, &rendered);
-        let ud = d.join("user-data");
-        std::fs::write(
-            &ud,
-            vm::multipart(
-                &std::fs::read_to_string(&rendered).unwrap(),
-                vm::INSTRUMENTATION,
-            ),
-        )
-        .unwrap();
-        let seed = d.join("seed.iso");
-        vm::seed(&ud, &seed);
+        let patches = match kind {
+            RepoKind::Absent => None,
+            RepoKind::Signed => Some(vm::patch_disk(&debs, &trusted, d)),
+            RepoKind::SignedByStranger => {
+                Some(vm::patch_disk(&debs, &Key::generate("stranger"), d))
+            }
+        };
+        let seed = vm::seed_for(
+            &values(&trusted.armored, reboot, patch_on_boot),
+            &[],
+            d,
+            "case",
+        );
         let disk = d.join("disk.qcow2");
         vm::overlay(&image.raw, &disk);
         Case {
@@ -168,7 +147,11 @@ fn reboot_if_required_patches_reboots_once_then_joins() {
     );
     // The join ran once, in the boot after the reboot (not in the boot that patched).
     let joined = joined_boots(&r);
-    assert_eq!(joined, std::slice::from_ref(&r.boot_id), "join ran {joined:?}");
+    assert_eq!(
+        joined,
+        std::slice::from_ref(&r.boot_id),
+        "join ran {joined:?}"
+    );
     assert_ne!(
         r.state["last_reboot"]["boot_id"].as_str(),
         Some(r.boot_id.as_str())
