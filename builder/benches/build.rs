@@ -26,14 +26,28 @@ fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 fn sh(cmd: &mut Command) {
     let o = cmd.output().expect("running a command");
-    assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--bench")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--bench"))
+        .collect();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let spec_path = args.first().map(PathBuf::from).unwrap_or_else(|| repo.join("images/debian-12.yaml"));
-    let out = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "/var/tmp/bootpatch-bench".into()));
+    let spec_path = args
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("images/debian-12.yaml"));
+    let out = PathBuf::from(
+        args.get(1)
+            .cloned()
+            .unwrap_or_else(|| "/var/tmp/bootpatch-bench".into()),
+    );
     let bootpatch = args.get(2).map(PathBuf::from);
     std::fs::create_dir_all(&out)?;
     let loaded = builder::spec::load(&spec_path)?;
@@ -96,11 +110,19 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let (ours, t_sha_ours) = secs(|| builder::hash::file_sha256(&raw));
     let (theirs, t_sha_tool) = secs(|| {
-        let o = Command::new("sha256sum").arg(&raw).output().expect("sha256sum");
-        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string()
+        let o = Command::new("sha256sum")
+            .arg(&raw)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
     });
     assert_eq!(ours?, theirs, "the two SHA-256 disagree");
-    let (r, t_gcp_ours) = secs(|| builder::formats::write_gcp(&raw, &scratch.join("gcp.tar.gz"), epoch, 2));
+    let (r, t_gcp_ours) =
+        secs(|| builder::formats::write_gcp(&raw, &scratch.join("gcp.tar.gz"), epoch, 2));
     r?;
     let ((), t_gcp_tar) = secs(|| {
         sh(Command::new("tar")
@@ -112,7 +134,16 @@ fn main() -> anyhow::Result<()> {
     });
     let ((), t_vmdk) = secs(|| {
         sh(Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+            .args([
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ])
             .arg(&raw)
             .arg(scratch.join("d.vmdk")))
     });
@@ -123,14 +154,28 @@ fn main() -> anyhow::Result<()> {
         .sum();
 
     let phases: Vec<_> = built.manifest.timings.clone();
-    println!("bootpatch builder benchmark: {} ({} MiB data in a {} GiB sparse disk.raw)", spec.name, data >> 20, spec.disk.size.0 >> 30);
+    println!(
+        "bootpatch builder benchmark: {} ({} MiB data in a {} GiB sparse disk.raw)",
+        spec.name,
+        data >> 20,
+        spec.disk.size.0 >> 30
+    );
     println!("  floor: mmdebstrap {t_mmdebstrap:.1}s + mkfs.ext4 -d {t_mkfs:.1}s = {floor:.1}s");
-    println!("  builder build (all formats): {t_build:.1}s = {:.2} x floor", t_build / floor);
+    println!(
+        "  builder build (all formats): {t_build:.1}s = {:.2} x floor",
+        t_build / floor
+    );
     for (p, s) in &phases {
         println!("    {p:<32} {s:>6.1}s");
     }
-    println!("  SHA-256 of disk.raw: ours {t_sha_ours:.2}s, sha256sum {t_sha_tool:.2}s ({:.1}x)", t_sha_tool / t_sha_ours);
-    println!("  gcp.tar.gz: ours {t_gcp_ours:.2}s, tar --format=oldgnu -Sczf {t_gcp_tar:.2}s ({:.1}x)", t_gcp_tar / t_gcp_ours);
+    println!(
+        "  SHA-256 of disk.raw: ours {t_sha_ours:.2}s, sha256sum {t_sha_tool:.2}s ({:.1}x)",
+        t_sha_tool / t_sha_ours
+    );
+    println!(
+        "  gcp.tar.gz: ours {t_gcp_ours:.2}s, tar --format=oldgnu -Sczf {t_gcp_tar:.2}s ({:.1}x)",
+        t_gcp_tar / t_gcp_ours
+    );
     println!("  streamOptimized VMDK by qemu-img alone: {t_vmdk:.2}s");
     let report = json!({
         "spec": spec.name,
@@ -141,6 +186,9 @@ fn main() -> anyhow::Result<()> {
         "gcp": {"ours": t_gcp_ours, "gnuTar": t_gcp_tar},
         "vmdkQemuImg": t_vmdk,
     });
-    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     Ok(())
 }

@@ -31,7 +31,9 @@ pub fn drive_format(p: &Path) -> Result<&'static str> {
         "qcow2" => "qcow2",
         "vhd" => "vpc",
         "vmdk" => "vmdk",
-        "ova" | "gz" | "tar" => bail!("{name} is an archive; boot the disk inside it (or disk.raw)"),
+        "ova" | "gz" | "tar" => {
+            bail!("{name} is an archive; boot the disk inside it (or disk.raw)")
+        }
         _ => "raw",
     })
 }
@@ -44,7 +46,10 @@ pub fn run(a: BootArgs) -> Result<i32> {
             Ok(0)
         }
         Outcome::MarkerSeen => {
-            eprintln!("builder boot: {:?} seen on the serial console", a.until.as_deref().unwrap_or(""));
+            eprintln!(
+                "builder boot: {:?} seen on the serial console",
+                a.until.as_deref().unwrap_or("")
+            );
             Ok(0)
         }
         Outcome::TimedOut => {
@@ -56,7 +61,10 @@ pub fn run(a: BootArgs) -> Result<i32> {
 
 /// Boots and waits; `echo` copies the serial console to stdout as it comes.
 pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
-    cmd::require("qemu-system-x86_64", "qemu-system-x86 (scripts/deps/builder.sh)")?;
+    cmd::require(
+        "qemu-system-x86_64",
+        "qemu-system-x86 (scripts/deps/builder.sh)",
+    )?;
     for f in [OVMF_CODE, OVMF_VARS] {
         if !Path::new(f).exists() {
             bail!("{f} not found: install ovmf (scripts/deps/builder.sh)");
@@ -68,33 +76,64 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
     let vars = scratch.path().join("OVMF_VARS.fd");
     fs::copy(OVMF_VARS, &vars).context("copying the OVMF variable store")?;
-    let serial: PathBuf = a.serial.clone().unwrap_or_else(|| scratch.path().join("serial.log"));
+    let serial: PathBuf = a
+        .serial
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("serial.log"));
     fs::write(&serial, b"").with_context(|| format!("creating {}", serial.display()))?;
 
     let mut q = Command::new("qemu-system-x86_64");
-    q.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2"])
-        .args(["-m", &a.memory.to_string()])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-nic", "none"])
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    q.args([
+        "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2",
+    ])
+    .args(["-m", &a.memory.to_string()])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-nic",
+        "none",
+    ])
+    .arg("-drive")
+    .arg(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        vars.display()
+    ));
     let fmt = drive_format(&a.disk)?;
-    let extra_opt = if fmt == "vpc" { ",force_size_calc=current_size" } else { "" };
+    let extra_opt = if fmt == "vpc" {
+        ",force_size_calc=current_size"
+    } else {
+        ""
+    };
     let snapshot = if a.writable { "" } else { ",snapshot=on" };
     q.arg("-drive").arg(format!(
         "file={},format={fmt}{extra_opt},if=virtio{snapshot}",
         a.disk.display()
     ));
     if let Some(seed) = &a.seed {
-        q.arg("-drive").arg(format!("file={},format=raw,if=virtio,readonly=on", seed.display()));
+        q.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            seed.display()
+        ));
     }
     for d in &a.extra_disks {
-        q.arg("-drive").arg(format!("file={},format={},if=virtio", d.display(), drive_format(d)?));
+        q.arg("-drive").arg(format!(
+            "file={},format={},if=virtio",
+            d.display(),
+            drive_format(d)?
+        ));
     }
-    q.args(["-chardev", &format!("file,id=ser0,path={}", serial.display())])
-        .args(["-serial", "chardev:ser0"])
-        .args(["-device", "virtio-rng-pci"]);
+    q.args([
+        "-chardev",
+        &format!("file,id=ser0,path={}", serial.display()),
+    ])
+    .args(["-serial", "chardev:ser0"])
+    .args(["-device", "virtio-rng-pci"]);
     let line = cmd::display(&q);
     let mut child = q
         .stdin(Stdio::null())
@@ -135,7 +174,10 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                bail!("QEMU failed ({status}): {line}\n--- stderr ---\n{}", cmd::tail(&err, 4000));
+                bail!(
+                    "QEMU failed ({status}): {line}\n--- stderr ---\n{}",
+                    cmd::tail(&err, 4000)
+                );
             }
             break Outcome::PoweredOff;
         }
@@ -156,7 +198,10 @@ mod tests {
 
     #[test]
     fn formats_by_name() {
-        assert_eq!(drive_format(Path::new("out/d/disk.qcow2")).unwrap(), "qcow2");
+        assert_eq!(
+            drive_format(Path::new("out/d/disk.qcow2")).unwrap(),
+            "qcow2"
+        );
         assert_eq!(drive_format(Path::new("disk.vhd")).unwrap(), "vpc");
         assert_eq!(drive_format(Path::new("disk.raw")).unwrap(), "raw");
         assert!(drive_format(Path::new("disk.ova")).is_err());

@@ -114,14 +114,21 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     let pid = std::process::id();
     // ---- spec and inputs: everything checked before anything is written.
     let (loaded, formats, lock_in, sources, epoch, out_dir) = p.step("spec", || {
-        let spec_path = args.spec.clone().unwrap_or_else(|| repo_path(spec::DEFAULT_SPEC));
+        let spec_path = args
+            .spec
+            .clone()
+            .unwrap_or_else(|| repo_path(spec::DEFAULT_SPEC));
         let mut loaded = spec::load(&spec_path)?;
         if let Some(why) = &loaded.spec.not_built_here {
             bail!("{}: this stream is not built here: {why}", loaded.path);
         }
         if let Some(list) = &args.formats {
-            loaded.spec.outputs = list.iter().map(|f| Format::parse(f)).collect::<Result<_>>()?;
-            spec::validate(&loaded.spec).with_context(|| format!("{}: with --formats", loaded.path))?;
+            loaded.spec.outputs = list
+                .iter()
+                .map(|f| Format::parse(f))
+                .collect::<Result<_>>()?;
+            spec::validate(&loaded.spec)
+                .with_context(|| format!("{}: with --formats", loaded.path))?;
         }
         let formats = loaded.spec.outputs.clone();
         let out_dir = args
@@ -129,8 +136,12 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("out").join(&loaded.spec.name));
         let lock_in = if args.locked {
-            let lp = args.lock.clone().unwrap_or_else(|| out_dir.join(lock::FILE_NAME));
-            let l = Lock::load(&lp).context("--locked needs the packages.lock of an earlier build")?;
+            let lp = args
+                .lock
+                .clone()
+                .unwrap_or_else(|| out_dir.join(lock::FILE_NAME));
+            let l =
+                Lock::load(&lp).context("--locked needs the packages.lock of an earlier build")?;
             if l.image != loaded.spec.name || l.suite != loaded.spec.os.suite {
                 bail!(
                     "{} was made for {} ({}), not {} ({})",
@@ -157,13 +168,20 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 .trim()
                 .parse::<u64>()
                 .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-            Err(_) => lock_in.as_ref().map(|l| l.source_date_epoch).unwrap_or_else(now),
+            Err(_) => lock_in
+                .as_ref()
+                .map(|l| l.source_date_epoch)
+                .unwrap_or_else(now),
         };
         Ok((loaded, formats, lock_in, sources, epoch, out_dir))
     })?;
     let spec = &loaded.spec;
     let name = spec.name.clone();
-    let cache = args.cache.clone().unwrap_or_else(lock::default_cache).join("debs");
+    let cache = args
+        .cache
+        .clone()
+        .unwrap_or_else(lock::default_cache)
+        .join("debs");
 
     let parent = out_dir
         .parent()
@@ -204,7 +222,14 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     // ---- root file system
     p.step("root file system (mmdebstrap)", || {
         match &lock_in {
-            None => rootfs::mmdebstrap(spec, &sources, &Origin::Network { cache: &cache }, &root, epoch, p),
+            None => rootfs::mmdebstrap(
+                spec,
+                &sources,
+                &Origin::Network { cache: &cache },
+                &root,
+                epoch,
+                p,
+            ),
             Some(l) => {
                 // mmdebstrap's automount hook recreates this path inside the
                 // root: /var/tmp is emptied by hygiene, so no host path leaks
@@ -213,10 +238,17 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 remove_stale(Path::new("/var/tmp"), "bootpatch-builder-repo-");
                 p.status("checking the package cache against packages.lock");
                 lock::make_local_repo(l, &cache, &repo)?;
-                let r = rootfs::mmdebstrap(spec, &sources, &Origin::Locked {
+                let r = rootfs::mmdebstrap(
+                    spec,
+                    &sources,
+                    &Origin::Locked {
                         repo: &repo,
                         packages: l.packages.iter().map(|p| p.name.clone()).collect(),
-                    }, &root, epoch, p);
+                    },
+                    &root,
+                    epoch,
+                    p,
+                );
                 let _ = fs::remove_dir_all(&repo);
                 r
             }
@@ -244,7 +276,15 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 rootfs::check_against_lock(&installed, l)?;
                 l.clone()
             }
-            None => lock::make(&installed, &cache, &name, &spec.os.suite, &spec.architecture, epoch, &sources)?,
+            None => lock::make(
+                &installed,
+                &cache,
+                &name,
+                &spec.os.suite,
+                &spec.architecture,
+                epoch,
+                &sources,
+            )?,
         };
         let cleaned = rootfs::hygiene(&root, &spec.hygiene)?;
         if p.mode() == Mode::Json {
@@ -265,21 +305,23 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
             layout.root.guid, spec.boot.cmdline
         );
         disk::build(
-            &raw,
-            &layout,
-            &root,
-            &root_paths,
-            &disk::EspContent {
-                systemd_boot: root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
-                kernel: root.join(format!("boot/vmlinuz-{kernel}")),
-                initrd: root.join(format!("boot/initrd.img-{kernel}")),
-                entry_name: name.clone(),
-                title: title(spec),
-                options,
+            &disk::DiskInputs {
+                path: &raw,
+                layout: &layout,
+                root_dir: &root,
+                root_paths: &root_paths,
+                esp: &disk::EspContent {
+                    systemd_boot: root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+                    kernel: root.join(format!("boot/vmlinuz-{kernel}")),
+                    initrd: root.join(format!("boot/initrd.img-{kernel}")),
+                    entry_name: name.clone(),
+                    title: title(spec),
+                    options,
+                },
+                image: &name,
+                epoch,
+                work: &work,
             },
-            &name,
-            epoch,
-            &work,
             p,
         )
     })?;
@@ -352,7 +394,10 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
         let mut text = serde_json::to_string_pretty(&m)?;
         text.push('\n');
         fs::write(staging.join(manifest::FILE_NAME), text)?;
-        fs::write(staging.join(manifest::SUMS_NAME), manifest::sums_text(&m.artifacts))?;
+        fs::write(
+            staging.join(manifest::SUMS_NAME),
+            manifest::sums_text(&m.artifacts),
+        )?;
         Ok(m)
     })?;
 
@@ -360,9 +405,11 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     p.step("publish", || {
         let old = parent.join(format!(".{name}.old-{pid}"));
         if out_dir.exists() {
-            fs::rename(&out_dir, &old).with_context(|| format!("moving the previous {} aside", out_dir.display()))?;
+            fs::rename(&out_dir, &old)
+                .with_context(|| format!("moving the previous {} aside", out_dir.display()))?;
         }
-        fs::rename(&staging, &out_dir).with_context(|| format!("renaming into {}", out_dir.display()))?;
+        fs::rename(&staging, &out_dir)
+            .with_context(|| format!("renaming into {}", out_dir.display()))?;
         let _ = fs::remove_dir_all(&old);
         Ok(())
     })?;

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "builder", version, about = "Build, verify and boot node images; render cloud-init user-data")]
+#[command(
+    name = "builder",
+    version,
+    about = "Build, verify and boot node images; render cloud-init user-data"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -15,8 +15,7 @@ pub fn display(cmd: &Command) -> String {
 
 fn quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
     {
         s.to_string()
@@ -85,7 +84,9 @@ pub fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result
             kept = tail(&kept, 64 * 1024).to_string();
         }
     }
-    let status = child.wait().with_context(|| format!("waiting for {}", display(cmd)))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", display(cmd)))?;
     let out = reader.join().unwrap_or_default();
     if !status.success() {
         return Err(failure(cmd, status, &kept));

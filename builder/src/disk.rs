@@ -39,7 +39,14 @@ pub fn derived_uuid(image: &str, role: &str) -> String {
 
 fn format_uuid(b: &[u8; 16]) -> String {
     let h = crate::hash::hex(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A textual UUID in GPT's on-disk byte order (first three fields little-endian).
@@ -50,7 +57,8 @@ pub fn guid_bytes(uuid: &str) -> Result<[u8; 16]> {
     }
     let mut b = [0u8; 16];
     for (i, byte) in b.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| format!("bad UUID {uuid:?}"))?;
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("bad UUID {uuid:?}"))?;
     }
     b[0..4].reverse();
     b[4..6].reverse();
@@ -200,18 +208,34 @@ pub struct EspContent {
     pub options: String,
 }
 
-/// Builds the whole disk image at `path` (which must not exist).
-pub fn build(
-    path: &Path,
-    layout: &Layout,
-    root_dir: &Path,
-    root_paths: &[PathBuf],
-    esp: &EspContent,
-    image: &str,
-    epoch: u64,
-    work: &Path,
-    progress: &crate::progress::Progress,
-) -> Result<()> {
+/// The inputs of a disk build.
+pub struct DiskInputs<'a> {
+    /// The image file to create (must not exist).
+    pub path: &'a Path,
+    pub layout: &'a Layout,
+    /// The root file system tree and its sorted relative paths.
+    pub root_dir: &'a Path,
+    pub root_paths: &'a [PathBuf],
+    pub esp: &'a EspContent,
+    /// The image name, the source of every derived identifier.
+    pub image: &'a str,
+    pub epoch: u64,
+    /// Scratch folder.
+    pub work: &'a Path,
+}
+
+/// Builds the whole disk image.
+pub fn build(d: &DiskInputs, progress: &crate::progress::Progress) -> Result<()> {
+    let DiskInputs {
+        path,
+        layout,
+        root_dir,
+        root_paths,
+        esp,
+        image,
+        epoch,
+        work,
+    } = *d;
     cmd::require("mkfs.ext4", "e2fsprogs")?;
     cmd::require("debugfs", "e2fsprogs")?;
     cmd::require("mformat", "mtools")?;
@@ -277,7 +301,9 @@ fn clamp_ctimes(path: &Path, l: &Layout, paths: &[PathBuf], epoch: u64, work: &P
         .arg("-f")
         .arg(&script)
         .arg(format!("{}?offset={}", path.display(), l.root.offset()));
-    let out = c.output().with_context(|| format!("starting {}", cmd::display(&c)))?;
+    let out = c
+        .output()
+        .with_context(|| format!("starting {}", cmd::display(&c)))?;
     // debugfs exits 0 even when a command fails; its errors are the stderr
     // lines other than the version banner.
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -295,17 +321,27 @@ fn clamp_ctimes(path: &Path, l: &Layout, paths: &[PathBuf], epoch: u64, work: &P
     Ok(())
 }
 
-fn make_esp(path: &Path, l: &Layout, c: &EspContent, image: &str, epoch: u64, work: &Path) -> Result<()> {
+fn make_esp(
+    path: &Path,
+    l: &Layout,
+    c: &EspContent,
+    image: &str,
+    epoch: u64,
+    work: &Path,
+) -> Result<()> {
     let stage = work.join("esp");
     let _ = fs::remove_dir_all(&stage);
     for d in ["EFI/BOOT", "EFI/systemd", "loader/entries"] {
         fs::create_dir_all(stage.join(d))?;
     }
-    let sd = fs::read(&c.systemd_boot).with_context(|| format!("reading {}", c.systemd_boot.display()))?;
+    let sd = fs::read(&c.systemd_boot)
+        .with_context(|| format!("reading {}", c.systemd_boot.display()))?;
     fs::write(stage.join("EFI/BOOT/BOOTX64.EFI"), &sd)?;
     fs::write(stage.join("EFI/systemd/systemd-bootx64.efi"), &sd)?;
-    fs::copy(&c.kernel, stage.join("vmlinuz")).with_context(|| format!("copying {}", c.kernel.display()))?;
-    fs::copy(&c.initrd, stage.join("initrd.img")).with_context(|| format!("copying {}", c.initrd.display()))?;
+    fs::copy(&c.kernel, stage.join("vmlinuz"))
+        .with_context(|| format!("copying {}", c.kernel.display()))?;
+    fs::copy(&c.initrd, stage.join("initrd.img"))
+        .with_context(|| format!("copying {}", c.initrd.display()))?;
     fs::write(
         stage.join("loader/loader.conf"),
         format!("default {}.conf\ntimeout 0\neditor no\n", c.entry_name),
@@ -331,7 +367,10 @@ fn make_esp(path: &Path, l: &Layout, c: &EspContent, image: &str, epoch: u64, wo
         )
     };
     let sectors = (l.esp.len() / SECTOR).to_string();
-    mtools(&["mformat", "-i", &img, "-F", "-T", &sectors, "-h", "64", "-s", "32", "-N", serial, "-v", "ESP", "::"])?;
+    mtools(&[
+        "mformat", "-i", &img, "-F", "-T", &sectors, "-h", "64", "-s", "32", "-N", serial, "-v",
+        "ESP", "::",
+    ])?;
     // Directories first, in sorted order, then files: a fixed order gives fixed bytes.
     for rel in &paths {
         let p = stage.join(rel);
@@ -379,7 +418,10 @@ mod tests {
         let b = guid_bytes(ESP_TYPE).unwrap();
         assert_eq!(
             b,
-            [0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b]
+            [
+                0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+                0xc9, 0x3b
+            ]
         );
     }
 
@@ -405,7 +447,10 @@ mod tests {
         assert_eq!(parts[0]["start"], 2048);
         assert_eq!(parts[0]["size"], 128 * 2048);
         assert_eq!(parts[0]["type"].as_str().unwrap().to_lowercase(), ESP_TYPE);
-        assert_eq!(parts[1]["uuid"].as_str().unwrap().to_lowercase(), l.root.guid);
+        assert_eq!(
+            parts[1]["uuid"].as_str().unwrap().to_lowercase(),
+            l.root.guid
+        );
         assert_eq!(parts[1]["name"], "root");
         // sfdisk --verify checks both headers, the CRCs and the backup copy.
         let verify = cmd::run(Command::new("sfdisk").arg("--verify").arg(&p)).unwrap();

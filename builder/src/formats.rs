@@ -64,7 +64,13 @@ pub fn produce_all(
             }];
             mark("raw");
             if want(Format::Vhd) {
-                out.push(write_vhd(&raw, &dir.join(Format::Vhd.file_name()), h, len, meta)?);
+                out.push(write_vhd(
+                    &raw,
+                    &dir.join(Format::Vhd.file_name()),
+                    h,
+                    len,
+                    meta,
+                )?);
                 mark("vhd");
             }
             Ok(out)
@@ -88,7 +94,16 @@ pub fn produce_all(
                 let out = dir.join(Format::Qcow2.file_name());
                 cmd::run(
                     Command::new("qemu-img")
-                        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536"])
+                        .args([
+                            "convert",
+                            "-q",
+                            "-f",
+                            "raw",
+                            "-O",
+                            "qcow2",
+                            "-o",
+                            "cluster_size=65536",
+                        ])
                         .arg(&raw)
                         .arg(&out),
                 )?;
@@ -99,7 +114,10 @@ pub fn produce_all(
         }
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a format thread panicked")))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a format thread panicked"))
+            })
             .collect()
     });
     let mut all = Vec::new();
@@ -187,7 +205,7 @@ pub fn vhd_footer(size: u64, epoch: u64, uuid: [u8; 16]) -> [u8; 512] {
 /// Copies the data extents of `raw` (holes stay holes) and appends the
 /// footer. The hash continues the raw image's hasher: no second read.
 fn write_vhd(raw: &Path, out: &Path, raw_hash: Sha256, len: u64, meta: &Meta) -> Result<Artifact> {
-    if len % crate::spec::MIB != 0 {
+    if len & (crate::spec::MIB - 1) != 0 {
         bail!("a fixed VHD needs a size aligned to 1 MiB, disk.raw has {len} bytes");
     }
     let src = File::open(raw)?;
@@ -197,8 +215,9 @@ fn write_vhd(raw: &Path, out: &Path, raw_hash: Sha256, len: u64, meta: &Meta) ->
         let (mut o_in, mut o_out) = (off, off);
         let mut left = n as usize;
         while left > 0 {
-            let k = rustix::fs::copy_file_range(&src, Some(&mut o_in), &dst, Some(&mut o_out), left)
-                .context("copying disk.raw into disk.vhd")?;
+            let k =
+                rustix::fs::copy_file_range(&src, Some(&mut o_in), &dst, Some(&mut o_out), left)
+                    .context("copying disk.raw into disk.vhd")?;
             if k == 0 {
                 bail!("disk.raw shrank while copying");
             }
@@ -339,7 +358,9 @@ pub fn write_gcp(raw: &Path, out: &Path, epoch: u64, threads: usize) -> Result<A
                     buf.resize(at + k, 0);
                     src.read_exact_at(&mut buf[at..], off + done)?;
                     done += k as u64;
-                    if buf.len() >= BLOCK && !tx(std::mem::replace(&mut buf, Vec::with_capacity(BLOCK))) {
+                    if buf.len() >= BLOCK
+                        && !tx(std::mem::replace(&mut buf, Vec::with_capacity(BLOCK)))
+                    {
                         return Ok(());
                     }
                 }
@@ -556,7 +577,16 @@ fn write_ova(raw: &Path, dir: &Path, meta: &Meta) -> Result<Artifact> {
     let _ = fs::remove_file(&tmp);
     cmd::run(
         Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+            .args([
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ])
             .arg(raw)
             .arg(&tmp),
     )?;
@@ -634,7 +664,9 @@ mod tests {
 
     #[test]
     fn parallel_gzip_round_trips() {
-        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 13) as u8).collect();
+        let data: Vec<u8> = (0..5_000_000u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
         let mut out = Vec::new();
         let d2 = data.clone();
         parallel_gzip(
@@ -651,7 +683,9 @@ mod tests {
         )
         .unwrap();
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
         // One member, and gzip itself agrees (CRC and size trailer).
         let dir = tempfile::tempdir().unwrap();
@@ -667,14 +701,18 @@ mod tests {
         let f = File::create(&raw).unwrap();
         f.set_len(1 << 30).unwrap();
         for i in 0..30u64 {
-            f.write_all_at(&[i as u8 + 1; 4096], i * (30 << 20)).unwrap();
+            f.write_all_at(&[i as u8 + 1; 4096], i * (30 << 20))
+                .unwrap();
         }
         drop(f);
         let out = dir.path().join("gcp.tar.gz");
         let a = write_gcp(&raw, &out, 1_700_000_000, 2).unwrap();
         assert_eq!(a.sha256, crate::hash::file_sha256(&out).unwrap());
         let list = cmd::run(Command::new("tar").arg("-tvzf").arg(&out)).unwrap();
-        assert!(list.contains("disk.raw") && list.contains("1073741824"), "{list}");
+        assert!(
+            list.contains("disk.raw") && list.contains("1073741824"),
+            "{list}"
+        );
         let x = dir.path().join("x");
         fs::create_dir(&x).unwrap();
         cmd::run(Command::new("tar").arg("-xSzf").arg(&out).arg("-C").arg(&x)).unwrap();

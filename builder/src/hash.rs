@@ -16,10 +16,11 @@ pub fn sha256_bytes(b: &[u8]) -> [u8; 32] {
 
 pub fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// The data (non-hole) extents of a file as (offset, length), by
@@ -44,7 +45,7 @@ pub fn data_extents(f: &File) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 /// Feeds `n` zero bytes to a hasher without touching the disk.
 pub fn hash_zeros(h: &mut Sha256, mut n: u64) {

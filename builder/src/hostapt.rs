@@ -41,12 +41,7 @@ pub fn parse_deb822(text: &str) -> Vec<HostSource> {
                 fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == k)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
         let words = |k: &str| -> Vec<String> {
             get(k)
                 .map(|v| v.split_whitespace().map(str::to_string).collect())
@@ -178,7 +173,10 @@ mod tests {
             s[0].signed_by.as_deref(),
             Some("/usr/share/keyrings/debian-archive-keyring.gpg")
         );
-        assert_eq!(resolve("debian", &s).unwrap(), "http://mirror.example/debian");
+        assert_eq!(
+            resolve("debian", &s).unwrap(),
+            "http://mirror.example/debian"
+        );
         assert_eq!(
             resolve("debian-security", &s).unwrap(),
             "http://mirror.example/debian-security"

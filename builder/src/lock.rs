@@ -91,7 +91,10 @@ pub fn make(
         });
     }
     if !missing.is_empty() {
-        bail!("installed packages missing from the package cache: {}", missing.join(", "));
+        bail!(
+            "installed packages missing from the package cache: {}",
+            missing.join(", ")
+        );
     }
     Ok(Lock {
         lock_version: 1,
@@ -113,7 +116,12 @@ pub fn make_local_repo(lock: &Lock, cache: &Path, repo: &Path) -> Result<()> {
     for p in &lock.packages {
         let src = cache.join(p.deb_file());
         if !src.exists() {
-            problems.push(format!("{} {}: not in the package cache {}", p.name, p.version, cache.display()));
+            problems.push(format!(
+                "{} {}: not in the package cache {}",
+                p.name,
+                p.version,
+                cache.display()
+            ));
             continue;
         }
         let sum = crate::hash::file_sha256(&src)?;
@@ -133,13 +141,24 @@ pub fn make_local_repo(lock: &Lock, cache: &Path, repo: &Path) -> Result<()> {
         }
     }
     if !problems.is_empty() {
-        bail!("the package cache does not match packages.lock:\n  {}", problems.join("\n  "));
+        bail!(
+            "the package cache does not match packages.lock:\n  {}",
+            problems.join("\n  ")
+        );
     }
-    let packages = cmd::run(Command::new("apt-ftparchive").arg("packages").arg(".").current_dir(repo))?;
+    let packages = cmd::run(
+        Command::new("apt-ftparchive")
+            .arg("packages")
+            .arg(".")
+            .current_dir(repo),
+    )?;
     fs::write(repo.join("Packages"), packages)?;
     let release = cmd::run(
         Command::new("apt-ftparchive")
-            .args(["-o", &format!("APT::FTPArchive::Release::Suite={}", lock.suite)])
+            .args([
+                "-o",
+                &format!("APT::FTPArchive::Release::Suite={}", lock.suite),
+            ])
             .arg("release")
             .arg(".")
             .current_dir(repo),
@@ -166,7 +185,10 @@ mod tests {
 
     #[test]
     fn deb_file_names_follow_apt() {
-        assert_eq!(deb_file("zlib1g", "1:1.2.13.dfsg-1", "amd64"), "zlib1g_1%3a1.2.13.dfsg-1_amd64.deb");
+        assert_eq!(
+            deb_file("zlib1g", "1:1.2.13.dfsg-1", "amd64"),
+            "zlib1g_1%3a1.2.13.dfsg-1_amd64.deb"
+        );
     }
 
     #[test]
@@ -183,7 +205,10 @@ mod tests {
         assert!(make(&missing, &cache, "t", "bookworm", "amd64", 1, &[]).is_err());
         // A changed byte in the cache is caught before anything is served.
         fs::write(cache.join("a_1.0_all.deb"), b"pretend deb!").unwrap();
-        let e = format!("{:#}", make_local_repo(&lock, &cache, &d.path().join("repo")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            make_local_repo(&lock, &cache, &d.path().join("repo")).unwrap_err()
+        );
         assert!(e.contains("a 1.0") && e.contains("SHA-256"), "{e}");
     }
 }

@@ -61,7 +61,8 @@ pub struct DiskInfo {
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join(FILE_NAME);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
     }
 }
@@ -112,7 +113,10 @@ pub fn verify(dir: &Path) -> Result<Vec<Mismatch>> {
     for a in &m.artifacts {
         let p = dir.join(&a.file);
         let Ok(md) = std::fs::metadata(&p) else {
-            bad.push(Mismatch { file: a.file.clone(), problem: "missing".into() });
+            bad.push(Mismatch {
+                file: a.file.clone(),
+                problem: "missing".into(),
+            });
             continue;
         };
         if md.len() != a.size {
@@ -136,7 +140,10 @@ pub fn verify(dir: &Path) -> Result<Vec<Mismatch>> {
             file: SUMS_NAME.into(),
             problem: "does not match manifest.json".into(),
         }),
-        Err(_) => bad.push(Mismatch { file: SUMS_NAME.into(), problem: "missing".into() }),
+        Err(_) => bad.push(Mismatch {
+            file: SUMS_NAME.into(),
+            problem: "missing".into(),
+        }),
     }
     Ok(bad)
 }
@@ -161,7 +168,11 @@ mod tests {
         let m = Manifest {
             manifest_version: 1,
             image: "t".into(),
-            spec: SpecRef { path: "t.yaml".into(), sha256: String::new(), text: String::new() },
+            spec: SpecRef {
+                path: "t.yaml".into(),
+                sha256: String::new(),
+                text: String::new(),
+            },
             os: OsInfo {
                 family: "debian".into(),
                 stream: "12".into(),
@@ -194,7 +205,9 @@ mod tests {
         assert!(bad[0].problem.contains("SHA-256"));
         std::fs::remove_file(d.path().join("disk.raw")).unwrap();
         let bad = verify(d.path()).unwrap();
-        assert!(bad.iter().any(|b| b.file == "disk.raw" && b.problem == "missing"));
+        assert!(bad
+            .iter()
+            .any(|b| b.file == "disk.raw" && b.problem == "missing"));
     }
 
     #[test]

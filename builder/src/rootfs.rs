@@ -8,7 +8,7 @@
 use crate::cmd;
 use crate::lock::Lock;
 use crate::progress::Progress;
-use crate::spec::{Spec, SourceSpec};
+use crate::spec::{SourceSpec, Spec};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -70,7 +70,10 @@ pub enum Origin<'a> {
     /// A local repository made from packages.lock and the cache only; every
     /// locked package is asked for by name (the repository's index carries
     /// no priorities, so the variant alone would not pick the same set).
-    Locked { repo: &'a Path, packages: Vec<String> },
+    Locked {
+        repo: &'a Path,
+        packages: Vec<String>,
+    },
 }
 
 /// Runs mmdebstrap into `target` (which must not exist).
@@ -118,8 +121,12 @@ pub fn mmdebstrap(
             // the lock needs every installed package's file.
             c.arg("--skip=essential/unlink")
                 .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
-                .arg(format!("--setup-hook=sync-in {cache} /var/cache/apt/archives/"))
-                .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {cache}"));
+                .arg(format!(
+                    "--setup-hook=sync-in {cache} /var/cache/apt/archives/"
+                ))
+                .arg(format!(
+                    "--customize-hook=sync-out /var/cache/apt/archives {cache}"
+                ));
             c.arg(&spec.os.suite).arg(target);
             for s in sources {
                 for u in &s.uris {
@@ -204,12 +211,22 @@ pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
         fs::remove_file(&link)?;
     }
     symlink(&unit_path, &link).with_context(|| format!("enabling {unit_name}"))?;
-    write(root, "/etc/bootpatch/config.yaml", f.bootpatch_config.as_bytes(), 0o644)?;
+    write(
+        root,
+        "/etc/bootpatch/config.yaml",
+        f.bootpatch_config.as_bytes(),
+        0o644,
+    )?;
     fs::create_dir_all(root.join("var/lib/bootpatch"))?;
 
     let _ = fs::remove_file(root.join("etc/apt/sources.list"));
     for s in f.sources {
-        write(root, &format!("/etc/apt/sources.list.d/{}.sources", s.name), deb822(s).as_bytes(), 0o644)?;
+        write(
+            root,
+            &format!("/etc/apt/sources.list.d/{}.sources", s.name),
+            deb822(s).as_bytes(),
+            0o644,
+        )?;
     }
 
     let fstab = format!(
@@ -230,8 +247,18 @@ pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
             0o644,
         )?;
     }
-    write(root, "/etc/kernel/postinst.d/zz-bootpatch-esp", ESP_HOOK.as_bytes(), 0o755)?;
-    write(root, "/etc/initramfs/post-update.d/zz-bootpatch-esp", ESP_HOOK.as_bytes(), 0o755)?;
+    write(
+        root,
+        "/etc/kernel/postinst.d/zz-bootpatch-esp",
+        ESP_HOOK.as_bytes(),
+        0o755,
+    )?;
+    write(
+        root,
+        "/etc/initramfs/post-update.d/zz-bootpatch-esp",
+        ESP_HOOK.as_bytes(),
+        0o755,
+    )?;
     Ok(())
 }
 
@@ -252,7 +279,9 @@ pub fn hygiene(root: &Path, h: &crate::spec::Hygiene) -> Result<Vec<String>> {
     };
     let empty_dir = |rel: &str, keep: &[&str], done: &mut Vec<String>| -> Result<()> {
         let d = root.join(rel);
-        let Ok(rd) = fs::read_dir(&d) else { return Ok(()) };
+        let Ok(rd) = fs::read_dir(&d) else {
+            return Ok(());
+        };
         for e in rd {
             let e = e?;
             let name = e.file_name();
@@ -282,7 +311,10 @@ pub fn hygiene(root: &Path, h: &crate::spec::Hygiene) -> Result<Vec<String>> {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with("ssh_host_") {
                     fs::remove_file(e.path())?;
-                    done.push(format!("removed /etc/ssh/{}", e.file_name().to_string_lossy()));
+                    done.push(format!(
+                        "removed /etc/ssh/{}",
+                        e.file_name().to_string_lossy()
+                    ));
                 }
             }
         }
@@ -292,7 +324,10 @@ pub fn hygiene(root: &Path, h: &crate::spec::Hygiene) -> Result<Vec<String>> {
         empty_dir("var/lib/apt/lists/partial", &[], &mut done)?;
         empty_dir("var/cache/apt/archives", &["partial", "lock"], &mut done)?;
         empty_dir("var/cache/apt/archives/partial", &[], &mut done)?;
-        for f in ["var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin"] {
+        for f in [
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/srcpkgcache.bin",
+        ] {
             rm(f, &mut done)?;
         }
     }
@@ -328,7 +363,9 @@ pub fn hygiene(root: &Path, h: &crate::spec::Hygiene) -> Result<Vec<String>> {
 }
 
 fn remove_files_keep_dirs(dir: &Path, done: &mut Vec<String>) -> Result<()> {
-    let Ok(rd) = fs::read_dir(dir) else { return Ok(()) };
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(());
+    };
     for e in rd {
         let e = e?;
         let p = e.path();
@@ -371,7 +408,9 @@ pub fn clamp_times(root: &Path, paths: &[PathBuf], epoch: u64) -> Result<()> {
     use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
     for rel in paths {
         let p = root.join(rel);
-        let md = p.symlink_metadata().with_context(|| format!("stat {}", p.display()))?;
+        let md = p
+            .symlink_metadata()
+            .with_context(|| format!("stat {}", p.display()))?;
         let m = {
             use std::os::unix::fs::MetadataExt;
             (md.mtime().max(0) as u64).min(epoch)
@@ -398,8 +437,15 @@ pub fn clamp_times(root: &Path, paths: &[PathBuf], epoch: u64) -> Result<()> {
 pub fn installed_packages(root: &Path) -> Result<Vec<(String, String, String)>> {
     let out = cmd::run(
         Command::new("dpkg-query")
-            .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
-            .args(["-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"]),
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args([
+                "-W",
+                "-f",
+                "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+            ]),
     )?;
     Ok(parse_dpkg_query(&out))
 }
@@ -489,7 +535,11 @@ mod tests {
 
     #[test]
     fn kernel_versions_sort() {
-        let mut v = vec!["6.1.0-9-cloud-amd64", "6.1.0-28-cloud-amd64", "6.1.0-10-cloud-amd64"];
+        let mut v = [
+            "6.1.0-9-cloud-amd64",
+            "6.1.0-28-cloud-amd64",
+            "6.1.0-10-cloud-amd64",
+        ];
         v.sort_by(|a, b| version_cmp(a, b));
         assert_eq!(v[2], "6.1.0-28-cloud-amd64");
     }
@@ -537,6 +587,9 @@ mod tests {
         assert!(r.join("var/log/apt").is_dir());
         assert!(!r.join("var/lib/systemd/random-seed").exists());
         assert!(!r.join("etc/resolv.conf").exists());
-        assert_eq!(fs::read_to_string(r.join("etc/hostname")).unwrap(), "localhost\n");
+        assert_eq!(
+            fs::read_to_string(r.join("etc/hostname")).unwrap(),
+            "localhost\n"
+        );
     }
 }

@@ -245,7 +245,11 @@ impl ByteSize {
             "MiB" => MIB,
             "GiB" => GIB,
             "TiB" => 1 << 40,
-            u => return Err(format!("unknown size unit {u:?} in {s:?} (use KiB, MiB, GiB)")),
+            u => {
+                return Err(format!(
+                    "unknown size unit {u:?} in {s:?} (use KiB, MiB, GiB)"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -355,21 +359,44 @@ fn is_package(s: &str) -> bool {
 /// Checks the values serde cannot check by type.
 pub fn validate(s: &Spec) -> Result<()> {
     if !is_name(&s.name) {
-        return Err(bad("name", &s.name, "use lower-case letters, digits, '-', '.'"));
+        return Err(bad(
+            "name",
+            &s.name,
+            "use lower-case letters, digits, '-', '.'",
+        ));
     }
     if s.os.stream.is_empty() || !s.os.stream.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return Err(bad("os.stream", &s.os.stream, "a pinned major release such as \"12\""));
+        return Err(bad(
+            "os.stream",
+            &s.os.stream,
+            "a pinned major release such as \"12\"",
+        ));
     }
     if !is_name(&s.os.suite) {
-        return Err(bad("os.suite", &s.os.suite, "a release code name such as bookworm"));
+        return Err(bad(
+            "os.suite",
+            &s.os.suite,
+            "a release code name such as bookworm",
+        ));
     }
     if s.architecture != "amd64" {
         return Err(bad("architecture", &s.architecture, "only amd64 is built"));
     }
-    if !["minbase", "essential", "apt", "required", "important", "standard"]
-        .contains(&s.rootfs.variant.as_str())
+    if ![
+        "minbase",
+        "essential",
+        "apt",
+        "required",
+        "important",
+        "standard",
+    ]
+    .contains(&s.rootfs.variant.as_str())
     {
-        return Err(bad("rootfs.variant", &s.rootfs.variant, "an mmdebstrap variant (minbase, important, standard, ...)"));
+        return Err(bad(
+            "rootfs.variant",
+            &s.rootfs.variant,
+            "an mmdebstrap variant (minbase, important, standard, ...)",
+        ));
     }
     if !is_package(&s.kernel) {
         return Err(bad("kernel", &s.kernel, "a package name"));
@@ -380,33 +407,55 @@ pub fn validate(s: &Spec) -> Result<()> {
         }
     }
     if s.sources.is_empty() {
-        return Err(bad("sources", "[]", "at least one package source is needed"));
+        return Err(bad(
+            "sources",
+            "[]",
+            "at least one package source is needed",
+        ));
     }
     for (i, src) in s.sources.iter().enumerate() {
         let k = |f: &str| format!("sources[{i}].{f}");
         if !is_name(&src.name) {
-            return Err(bad(&k("name"), &src.name, "use lower-case letters, digits, '-'"));
+            return Err(bad(
+                &k("name"),
+                &src.name,
+                "use lower-case letters, digits, '-'",
+            ));
         }
         match (&src.mirror, src.uris.is_empty()) {
             (Some(_), false) => {
-                return Err(bad(&k("uris"), &src.uris, "give either `mirror` or `uris`, not both"))
+                return Err(bad(
+                    &k("uris"),
+                    &src.uris,
+                    "give either `mirror` or `uris`, not both",
+                ))
             }
             (None, true) => {
-                return Err(bad(&k("mirror"), "", "give `mirror` (a host mirror name) or `uris`"))
+                return Err(bad(
+                    &k("mirror"),
+                    "",
+                    "give `mirror` (a host mirror name) or `uris`",
+                ))
             }
             (Some(m), true) if !crate::hostapt::KNOWN_MIRRORS.contains(&m.as_str()) => {
                 return Err(bad(
                     &k("mirror"),
                     m,
-                    &format!("known mirrors: {}", crate::hostapt::KNOWN_MIRRORS.join(", ")),
+                    &format!(
+                        "known mirrors: {}",
+                        crate::hostapt::KNOWN_MIRRORS.join(", ")
+                    ),
                 ))
             }
             _ => {}
         }
         for (j, u) in src.uris.iter().enumerate() {
-            if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with("file:/"))
-            {
-                return Err(bad(&k(&format!("uris[{j}]")), u, "an http, https or file URI"));
+            if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with("file:/")) {
+                return Err(bad(
+                    &k(&format!("uris[{j}]")),
+                    u,
+                    "an http, https or file URI",
+                ));
             }
         }
         if src.suites.is_empty() {
@@ -419,20 +468,32 @@ pub fn validate(s: &Spec) -> Result<()> {
         }
         if let Some(key) = &src.signed_by {
             if !key.starts_with('/') {
-                return Err(bad(&k("signedBy"), key, "an absolute path of a keyring in the image"));
+                return Err(bad(
+                    &k("signedBy"),
+                    key,
+                    "an absolute path of a keyring in the image",
+                ));
             }
         }
     }
     let size = s.disk.size.0;
     let esp = s.disk.esp_size.0;
-    if size % MIB != 0 {
+    if size & (MIB - 1) != 0 {
         return Err(bad("disk.size", size, "must be a whole number of MiB"));
     }
-    if esp % MIB != 0 || esp < 64 * MIB {
-        return Err(bad("disk.espSize", esp, "must be a whole number of MiB, at least 64MiB"));
+    if esp & (MIB - 1) != 0 || esp < 64 * MIB {
+        return Err(bad(
+            "disk.espSize",
+            esp,
+            "must be a whole number of MiB, at least 64MiB",
+        ));
     }
     if size < esp + 1024 * MIB {
-        return Err(bad("disk.size", size, "must leave at least 1GiB for the root file system"));
+        return Err(bad(
+            "disk.size",
+            size,
+            "must leave at least 1GiB for the root file system",
+        ));
     }
     if size > 2048 * GIB {
         return Err(bad("disk.size", size, "at most 2TiB"));
@@ -446,11 +507,19 @@ pub fn validate(s: &Spec) -> Result<()> {
             return Err(bad("outputs", f.name(), "listed twice"));
         }
     }
-    if s.outputs.contains(&Format::Gcp) && size % GIB != 0 {
-        return Err(bad("disk.size", size, "the gcp output needs a whole number of GiB"));
+    if s.outputs.contains(&Format::Gcp) && size & (GIB - 1) != 0 {
+        return Err(bad(
+            "disk.size",
+            size,
+            "the gcp output needs a whole number of GiB",
+        ));
     }
     if s.boot.cmdline.contains("root=") {
-        return Err(bad("boot.cmdline", &s.boot.cmdline, "root= is set by the builder"));
+        return Err(bad(
+            "boot.cmdline",
+            &s.boot.cmdline,
+            "root= is set by the builder",
+        ));
     }
     Ok(())
 }
@@ -525,7 +594,10 @@ mod tests {
         let e = err(&base().replace("outputs: [raw,", "outputs: [raw, iso,"));
         assert!(e.contains("outputs") && e.contains("iso"), "{e}");
         let e = err(&base().replace("mirror: debian-security", "mirror: elsewhere"));
-        assert!(e.contains("sources[1].mirror") && e.contains("elsewhere"), "{e}");
+        assert!(
+            e.contains("sources[1].mirror") && e.contains("elsewhere"),
+            "{e}"
+        );
         let e = err(&base().replace("  - sudo\n", "  - Sudo!\n"));
         assert!(e.contains("packages[") && e.contains("Sudo!"), "{e}");
         let e = err(&base().replace("stream: \"12\"", "stream: twelve"));

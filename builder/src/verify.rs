@@ -18,7 +18,11 @@ pub fn run(a: VerifyArgs) -> Result<i32> {
     if bad.is_empty() {
         Ok(0)
     } else {
-        eprintln!("builder verify: {} file(s) do not match {}", bad.len(), crate::manifest::FILE_NAME);
+        eprintln!(
+            "builder verify: {} file(s) do not match {}",
+            bad.len(),
+            crate::manifest::FILE_NAME
+        );
         Ok(1)
     }
 }

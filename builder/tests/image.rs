@@ -62,10 +62,20 @@ fn built(name: &str) -> PathBuf {
     cell.get_or_init(|| {
         let out = scratch().join(name);
         let spec = repo().join(format!("images/{name}.yaml"));
-        let o = builder(&["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+        let o = builder(&[
+            "build",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
         assert!(o.status.success(), "building {name} failed");
         // --json: one event per line, the last says done.
-        let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string();
+        let last = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string();
         let v: serde_json::Value = serde_json::from_str(&last).unwrap();
         assert_eq!(v["event"], "done", "{last}");
         out
@@ -78,13 +88,22 @@ fn manifest(dir: &Path) -> serde_json::Value {
 }
 
 fn root_offset(dir: &Path) -> u64 {
-    let out = run(Command::new("sfdisk").arg("--json").arg(dir.join("disk.raw")));
+    let out = run(Command::new("sfdisk")
+        .arg("--json")
+        .arg(dir.join("disk.raw")));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["partitiontable"]["partitions"][1]["start"].as_u64().unwrap() * 512
+    v["partitiontable"]["partitions"][1]["start"]
+        .as_u64()
+        .unwrap()
+        * 512
 }
 
 fn debugfs(dir: &Path, request: &str) -> String {
-    let img = format!("{}?offset={}", dir.join("disk.raw").display(), root_offset(dir));
+    let img = format!(
+        "{}?offset={}",
+        dir.join("disk.raw").display(),
+        root_offset(dir)
+    );
     run(Command::new("debugfs").arg("-R").arg(request).arg(img))
 }
 
@@ -121,10 +140,18 @@ fn check_boot(dir: &Path, disk: &str) {
         "login:",
     ]);
     let log = fs::read_to_string(&serial).unwrap_or_default();
-    assert!(o.status.success(), "boot did not reach a login prompt; serial tail:\n{}", tail(&log));
+    assert!(
+        o.status.success(),
+        "boot did not reach a login prompt; serial tail:\n{}",
+        tail(&log)
+    );
     // Userspace came up and the first-boot unit ran before the login prompt.
     assert!(log.contains("login:"), "{}", tail(&log));
-    assert!(log.contains("bootpatch-firstbo"), "first-boot unit not started:\n{}", tail(&log));
+    assert!(
+        log.contains("bootpatch-firstbo"),
+        "first-boot unit not started:\n{}",
+        tail(&log)
+    );
 }
 
 fn tail(s: &str) -> &str {
@@ -141,7 +168,10 @@ fn check_hygiene_and_node_files(dir: &Path) {
     let ssh = rdump(dir, "/etc/ssh");
     for f in files_below(ssh.path()) {
         let n = f.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(!n.starts_with("ssh_host_"), "SSH host key left in the image: {n}");
+        assert!(
+            !n.starts_with("ssh_host_"),
+            "SSH host key left in the image: {n}"
+        );
     }
     let lists = rdump(dir, "/var/lib/apt/lists");
     let left: Vec<_> = files_below(lists.path())
@@ -150,7 +180,11 @@ fn check_hygiene_and_node_files(dir: &Path) {
         .collect();
     assert!(left.is_empty(), "apt lists left: {left:?}");
     let logs = rdump(dir, "/var/log");
-    assert!(files_below(logs.path()).is_empty(), "logs left: {:?}", files_below(logs.path()));
+    assert!(
+        files_below(logs.path()).is_empty(),
+        "logs left: {:?}",
+        files_below(logs.path())
+    );
     let cache = rdump(dir, "/var/cache/apt");
     let debs: Vec<_> = files_below(cache.path())
         .into_iter()
@@ -162,13 +196,26 @@ fn check_hygiene_and_node_files(dir: &Path) {
         assert!(!s.contains("Inode:"), "{gone} is in the image: {s}");
     }
     let etc = rdump(dir, "/etc/hostname");
-    assert_eq!(fs::read_to_string(etc.path().join("hostname")).unwrap(), "localhost\n");
+    assert_eq!(
+        fs::read_to_string(etc.path().join("hostname")).unwrap(),
+        "localhost\n"
+    );
 
     // bootpatch, its unit enabled, its config valid for the node's own parser.
     let bin = debugfs(dir, "stat /usr/local/sbin/bootpatch");
-    assert!(bin.contains("Mode:  0755") || bin.contains("Mode:  00755"), "{bin}");
-    let link = debugfs(dir, "stat /etc/systemd/system/multi-user.target.wants/bootpatch-firstboot.service");
-    assert!(link.contains("symlink") && link.contains("/etc/systemd/system/bootpatch-firstboot.service"), "{link}");
+    assert!(
+        bin.contains("Mode:  0755") || bin.contains("Mode:  00755"),
+        "{bin}"
+    );
+    let link = debugfs(
+        dir,
+        "stat /etc/systemd/system/multi-user.target.wants/bootpatch-firstboot.service",
+    );
+    assert!(
+        link.contains("symlink")
+            && link.contains("/etc/systemd/system/bootpatch-firstboot.service"),
+        "{link}"
+    );
     let cfg = rdump(dir, "/etc/bootpatch");
     let text = fs::read_to_string(cfg.path().join("bootpatch/config.yaml")).unwrap();
     let c = bootpatch::config::Config::from_yaml_str(&text).unwrap();
@@ -176,8 +223,14 @@ fn check_hygiene_and_node_files(dir: &Path) {
     // Sources for later patching: the release, updates and security suites.
     let src = rdump(dir, "/etc/apt/sources.list.d");
     let debian = fs::read_to_string(src.path().join("sources.list.d/debian.sources")).unwrap();
-    assert!(debian.contains("-updates") && debian.contains("Signed-By:"), "{debian}");
-    assert!(src.path().join("sources.list.d/debian-security.sources").exists());
+    assert!(
+        debian.contains("-updates") && debian.contains("Signed-By:"),
+        "{debian}"
+    );
+    assert!(src
+        .path()
+        .join("sources.list.d/debian-security.sources")
+        .exists());
 }
 
 fn check_formats(dir: &Path) {
@@ -186,7 +239,9 @@ fn check_formats(dir: &Path) {
     assert_eq!(size % (1 << 30), 0);
 
     // raw: GPT with an ESP holding systemd-boot and a root partition.
-    let t = run(Command::new("sfdisk").arg("--json").arg(dir.join("disk.raw")));
+    let t = run(Command::new("sfdisk")
+        .arg("--json")
+        .arg(dir.join("disk.raw")));
     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
     let parts = v["partitiontable"]["partitions"].as_array().unwrap();
     assert_eq!(parts.len(), 2);
@@ -194,40 +249,79 @@ fn check_formats(dir: &Path) {
         parts[0]["type"].as_str().unwrap().to_lowercase(),
         "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
     );
-    let esp = format!("{}@@{}", dir.join("disk.raw").display(), parts[0]["start"].as_u64().unwrap() * 512);
-    let listing = run(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-b", "-i", &esp, "::/EFI/BOOT"]));
+    let esp = format!(
+        "{}@@{}",
+        dir.join("disk.raw").display(),
+        parts[0]["start"].as_u64().unwrap() * 512
+    );
+    let listing = run(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args([
+        "-b",
+        "-i",
+        &esp,
+        "::/EFI/BOOT",
+    ]));
     assert!(listing.contains("BOOTX64.EFI"), "{listing}");
-    let entry = run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &esp]).arg(format!(
-        "::/loader/entries/{}.conf",
-        m["image"].as_str().unwrap()
-    )));
-    assert!(entry.contains(&format!("root=PARTUUID={}", m["disk"]["rootPartuuid"].as_str().unwrap())), "{entry}");
+    let entry = run(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &esp])
+        .arg(format!(
+            "::/loader/entries/{}.conf",
+            m["image"].as_str().unwrap()
+        )));
+    assert!(
+        entry.contains(&format!(
+            "root=PARTUUID={}",
+            m["disk"]["rootPartuuid"].as_str().unwrap()
+        )),
+        "{entry}"
+    );
     let stats = debugfs(dir, "stats");
     assert!(stats.contains("Filesystem volume name:   root"), "{stats}");
 
     // qcow2
-    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(dir.join("disk.qcow2")));
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(dir.join("disk.qcow2")));
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["format"], "qcow2");
     assert_eq!(v["virtual-size"].as_u64().unwrap(), size);
-    run(Command::new("qemu-img").arg("check").arg(dir.join("disk.qcow2")));
+    run(Command::new("qemu-img")
+        .arg("check")
+        .arg(dir.join("disk.qcow2")));
 
     // VHD: raw bytes, then a footer with a valid checksum, fixed type, 1 MiB aligned.
     let vhd = dir.join("disk.vhd");
     assert_eq!(fs::metadata(&vhd).unwrap().len(), size + 512);
     let mut footer = [0u8; 512];
-    fs::File::open(&vhd).unwrap().read_exact_at(&mut footer, size).unwrap();
+    fs::File::open(&vhd)
+        .unwrap()
+        .read_exact_at(&mut footer, size)
+        .unwrap();
     assert_eq!(&footer[0..8], b"conectix");
-    assert_eq!(u32::from_be_bytes(footer[60..64].try_into().unwrap()), 2, "not a fixed VHD");
+    assert_eq!(
+        u32::from_be_bytes(footer[60..64].try_into().unwrap()),
+        2,
+        "not a fixed VHD"
+    );
     assert_eq!(u64::from_be_bytes(footer[48..56].try_into().unwrap()), size);
     let stored = u32::from_be_bytes(footer[64..68].try_into().unwrap());
     footer[64..68].fill(0);
-    assert_eq!(stored, !footer.iter().map(|&b| b as u32).sum::<u32>(), "bad VHD checksum");
-    run(Command::new("cmp").arg("-n").arg(size.to_string()).arg(dir.join("disk.raw")).arg(&vhd));
-    let info = run(Command::new("qemu-img").args(["info", "--output=json", "--image-opts"]).arg(format!(
-        "driver=vpc,force_size_calc=current_size,file.filename={}",
-        vhd.display()
-    )));
+    assert_eq!(
+        stored,
+        !footer.iter().map(|&b| b as u32).sum::<u32>(),
+        "bad VHD checksum"
+    );
+    run(Command::new("cmp")
+        .arg("-n")
+        .arg(size.to_string())
+        .arg(dir.join("disk.raw"))
+        .arg(&vhd));
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json", "--image-opts"])
+        .arg(format!(
+            "driver=vpc,force_size_calc=current_size,file.filename={}",
+            vhd.display()
+        )));
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["virtual-size"].as_u64().unwrap(), size);
 
@@ -236,8 +330,17 @@ fn check_formats(dir: &Path) {
     let members = run(Command::new("tar").arg("-tf").arg(dir.join("disk.ova")));
     let members: Vec<&str> = members.lines().collect();
     assert_eq!(members.len(), 3, "{members:?}");
-    assert!(members[0].ends_with(".ovf") && members[1].ends_with(".mf") && members[2].ends_with(".vmdk"), "{members:?}");
-    run(Command::new("tar").arg("-xf").arg(dir.join("disk.ova")).arg("-C").arg(x.path()));
+    assert!(
+        members[0].ends_with(".ovf")
+            && members[1].ends_with(".mf")
+            && members[2].ends_with(".vmdk"),
+        "{members:?}"
+    );
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(dir.join("disk.ova"))
+        .arg("-C")
+        .arg(x.path()));
     let mf = fs::read_to_string(x.path().join(members[1])).unwrap();
     for m in [members[0], members[2]] {
         let sum = run(Command::new("sha256sum").arg(x.path().join(m)));
@@ -246,12 +349,19 @@ fn check_formats(dir: &Path) {
     }
     let ovf = fs::read_to_string(x.path().join(members[0])).unwrap();
     assert!(ovf.contains(&format!("ovf:capacity=\"{size}\"")) && ovf.contains("streamOptimized"));
-    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(x.path().join(members[2])));
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(x.path().join(members[2])));
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["format"], "vmdk");
-    assert_eq!(v["format-specific"]["data"]["create-type"], "streamOptimized");
+    assert_eq!(
+        v["format-specific"]["data"]["create-type"],
+        "streamOptimized"
+    );
     assert_eq!(v["virtual-size"].as_u64().unwrap(), size);
-    run(Command::new("qemu-img").arg("check").arg(x.path().join(members[2])));
+    run(Command::new("qemu-img")
+        .arg("check")
+        .arg(x.path().join(members[2])));
 
     // GCP: disk.raw alone, GNU (oldgnu) sparse member, extracts to the same bytes.
     let gcp = dir.join("gcp.tar.gz");
@@ -266,16 +376,33 @@ fn check_formats(dir: &Path) {
     }
     assert_eq!(&head[257..265], b"ustar  \0", "not oldgnu");
     assert_eq!(head[156], b'S', "not a sparse member");
-    run(Command::new("tar").arg("-xSzf").arg(&gcp).arg("-C").arg(x.path()));
-    run(Command::new("cmp").arg(dir.join("disk.raw")).arg(x.path().join("disk.raw")));
-    let sums = run(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(dir));
-    assert_eq!(sums.lines().filter(|l| l.ends_with(": OK")).count(), 6, "{sums}");
+    run(Command::new("tar")
+        .arg("-xSzf")
+        .arg(&gcp)
+        .arg("-C")
+        .arg(x.path()));
+    run(Command::new("cmp")
+        .arg(dir.join("disk.raw"))
+        .arg(x.path().join("disk.raw")));
+    let sums = run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(dir));
+    assert_eq!(
+        sums.lines().filter(|l| l.ends_with(": OK")).count(),
+        6,
+        "{sums}"
+    );
 }
 
 fn check_verify_catches_a_flipped_byte(dir: &Path) {
     assert!(builder(&["verify", dir.to_str().unwrap()]).status.success());
     let ova = dir.join("disk.ova");
-    let f = fs::OpenOptions::new().read(true).write(true).open(&ova).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&ova)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 4096).unwrap();
     f.write_all_at(&[b[0] ^ 0x01], 4096).unwrap();
@@ -336,7 +463,10 @@ fn locked_builds_are_reproducible() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let m = manifest(&out);
         assert_eq!(m["locked"], true);
-        assert_eq!(fs::read(out.join("packages.lock")).unwrap(), fs::read(&lock).unwrap());
+        assert_eq!(
+            fs::read(out.join("packages.lock")).unwrap(),
+            fs::read(&lock).unwrap()
+        );
         sums.push(m["artifacts"][0]["sha256"].as_str().unwrap().to_string());
         assert_eq!(
             sums[i],
@@ -353,15 +483,35 @@ fn bad_spec_is_refused_with_no_output() {
     let t = tempfile::tempdir().unwrap();
     let good = fs::read_to_string(repo().join("images/debian-12.yaml")).unwrap();
     let cases = [
-        (good.replace("size: 3GiB", "size: 3 gigs"), "disk.size", "3 gigs"),
-        (good.replace("  removeLogs: true", "  removeLogs: true\n  removeCats: true"), "hygiene", "removeCats"),
-        (good.replace("lockWaitTimeout: 10m", "lockWaitTimeout: ages"), "lockWaitTimeout", "ages"),
+        (
+            good.replace("size: 3GiB", "size: 3 gigs"),
+            "disk.size",
+            "3 gigs",
+        ),
+        (
+            good.replace(
+                "  removeLogs: true",
+                "  removeLogs: true\n  removeCats: true",
+            ),
+            "hygiene",
+            "removeCats",
+        ),
+        (
+            good.replace("lockWaitTimeout: 10m", "lockWaitTimeout: ages"),
+            "lockWaitTimeout",
+            "ages",
+        ),
     ];
     for (i, (text, key, value)) in cases.iter().enumerate() {
         let spec = t.path().join(format!("bad-{i}.yaml"));
         fs::write(&spec, text).unwrap();
         let out = t.path().join(format!("out-{i}"));
-        let o = builder(&["build", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let o = builder(&[
+            "build",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(!o.status.success());
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(&format!("bad-{i}.yaml")), "{err}");
@@ -375,7 +525,12 @@ fn bad_spec_is_refused_with_no_output() {
         assert!(leftovers.is_empty(), "partial output left: {leftovers:?}");
     }
     // A stream kept for later is refused with its reason.
-    let o = builder(&["build", "images/ubuntu-24.04.yaml", "--out", t.path().join("u").to_str().unwrap()]);
+    let o = builder(&[
+        "build",
+        "images/ubuntu-24.04.yaml",
+        "--out",
+        t.path().join("u").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not built here"));
 }
@@ -400,9 +555,16 @@ fn failed_step_is_named_and_leaves_nothing() {
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("step `spec` failed") && err.contains("missing.lock"), "{err}");
+    assert!(
+        err.contains("step `spec` failed") && err.contains("missing.lock"),
+        "{err}"
+    );
     assert!(!out.exists());
-    assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0, "left files behind");
+    assert_eq!(
+        fs::read_dir(t.path()).unwrap().count(),
+        0,
+        "left files behind"
+    );
 }
 
 #[test]
