@@ -156,7 +156,11 @@ impl TestServer {
 
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> anyhow::Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.kubeconfig())
+        // Written beside and renamed, so a reader polling for the file never sees half of it.
+        let tmp = path.with_extension("kube-testserver.tmp");
+        std::fs::write(&tmp, self.kubeconfig())
+            .with_context(|| format!("writing kubeconfig {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
             .with_context(|| format!("writing kubeconfig {}", path.display()))
     }
 
