@@ -285,6 +285,7 @@ fn reconcile(store: &mut Store) {
     store.finish_namespace_deletions();
     schedule_pending(store);
     collect_orphans(store);
+    collect_garbage(store);
     deployments(store);
     replicasets(store);
     daemonsets(store);
@@ -366,6 +367,39 @@ fn collect_orphans(store: &mut Store) {
         .collect();
     for k in orphans {
         store.remove(&PODS, &k);
+    }
+}
+
+/// The garbage collector (background propagation): ReplicaSets whose Deployment and pods whose
+/// ReplicaSet or DaemonSet are gone are deleted.
+fn collect_garbage(store: &mut Store) {
+    if !std::mem::take(&mut store.owners_removed) {
+        return;
+    }
+    let owners: HashSet<String> = [&DEPLOYMENTS, &REPLICASETS, &DAEMONSETS]
+        .iter()
+        .flat_map(|d| store.all(d).map(|o| uid(o).to_string()))
+        .collect();
+    let orphaned = |o: &Value| {
+        controller_of(o).is_some_and(|(kind, _, u)| {
+            matches!(kind, "Deployment" | "ReplicaSet" | "DaemonSet") && !owners.contains(u)
+        })
+    };
+    let sets: Vec<Key> = store
+        .all(&REPLICASETS)
+        .filter(|r| orphaned(r))
+        .map(|r| (ns(r).to_string(), name(r).to_string()))
+        .collect();
+    let pods: Vec<Key> = store
+        .all(&PODS)
+        .filter(|p| orphaned(p) && !deleting(p))
+        .map(|p| (ns(p).to_string(), name(p).to_string()))
+        .collect();
+    for k in sets {
+        let _ = store.delete(&REPLICASETS, &k.0, &k.1, &Default::default());
+    }
+    for k in pods {
+        let _ = store.delete(&PODS, &k.0, &k.1, &Default::default());
     }
 }
 

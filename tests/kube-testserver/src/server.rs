@@ -456,7 +456,7 @@ fn item(
                 return Err(ApiError::method_not_allowed("eviction accepts POST only"));
             }
             let body = r.body_json()?;
-            shared.lock().evict(ns, name, &body)?;
+            shared.lock().evict(ns, name, &body, r.dry_run())?;
             return Ok(json_resp(201, &status::success(201, None)));
         }
         Some("finalize") if *def == NAMESPACES => false,

@@ -206,6 +206,8 @@ pub struct Store {
     pub dirty_pdbs: BTreeSet<Key>,
     /// Set when a node was removed (pod garbage collection has work).
     pub nodes_removed: bool,
+    /// Set when a Deployment, ReplicaSet or DaemonSet was removed (garbage collection).
+    pub owners_removed: bool,
     history: VecDeque<Arc<Event>>,
     compacted_rv: u64,
     watchers: HashMap<u64, Watcher>,
@@ -228,6 +230,7 @@ impl Store {
             unbound_pods: BTreeSet::new(),
             dirty_pdbs: BTreeSet::new(),
             nodes_removed: false,
+            owners_removed: false,
             history: VecDeque::new(),
             compacted_rv: 1,
             watchers: HashMap::new(),
@@ -454,6 +457,9 @@ impl Store {
         } else if !matches!(def.plural, "configmaps" | "events" | "leases") {
             if *def == NODES && new.is_none() {
                 self.nodes_removed = true;
+            }
+            if new.is_none() && matches!(def.plural, "deployments" | "replicasets" | "daemonsets") {
+                self.owners_removed = true;
             }
             self.dirty = true;
         }
@@ -1026,7 +1032,13 @@ impl Store {
 
     /// The `pods/eviction` subresource: checks the pod's PodDisruptionBudget and deletes the pod
     /// if the budget allows it, as the apiserver's eviction REST handler does.
-    pub fn evict(&mut self, ns: &str, name: &str, body: &Value) -> Result<(), ApiError> {
+    pub fn evict(
+        &mut self,
+        ns: &str,
+        name: &str,
+        body: &Value,
+        dry_run: bool,
+    ) -> Result<(), ApiError> {
         let pod = self.get(&PODS, ns, name)?;
         let body_name = util::str_at(body, "metadata.name");
         if !body_name.is_empty() && body_name != name {
@@ -1034,11 +1046,19 @@ impl Store {
                 "name in URL does not match name in Eviction object: {name}, {body_name}"
             )));
         }
-        let opts = DeleteOpts::from_json(body.get("deleteOptions").unwrap_or(&Value::Null));
+        let delete_options = body.get("deleteOptions").unwrap_or(&Value::Null);
+        let opts = DeleteOpts::from_json(delete_options);
+        let dry_run = dry_run
+            || delete_options
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|v| v == "All"));
         let phase = util::str_at(&pod, "status.phase");
         let deleting = util::path(&pod, "metadata.deletionTimestamp").is_some();
         if deleting || matches!(phase, "Succeeded" | "Failed" | "Pending") {
-            self.delete(&PODS, ns, name, &opts)?;
+            if !dry_run {
+                self.delete(&PODS, ns, name, &opts)?;
+            }
             return Ok(());
         }
         let labels = util::path(&pod, "metadata.labels")
@@ -1071,6 +1091,16 @@ impl Store {
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             let processed = st("observedGeneration") >= generation;
+            if dry_run {
+                // Checks only: nothing is decremented or deleted.
+                if crate::controllers::pod_ready(&pod) && processed && st("disruptionsAllowed") == 0
+                {
+                    return Err(ApiError::disruption_budget(format!(
+                        "The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently"
+                    )));
+                }
+                return Ok(());
+            }
             if !crate::controllers::pod_ready(&pod) {
                 let always = util::str_at(pdb, "spec.unhealthyPodEvictionPolicy") == "AlwaysAllow";
                 if always || (processed && current >= desired && desired > 0) {
@@ -1102,7 +1132,9 @@ impl Store {
             util::obj_mut(status, "disruptedPods")[name] = json!(util::now_rfc3339());
             self.commit(&resources::PDBS, new);
         }
-        self.delete(&PODS, ns, name, &opts)?;
+        if !dry_run {
+            self.delete(&PODS, ns, name, &opts)?;
+        }
         Ok(())
     }
 }

@@ -618,8 +618,36 @@ fn eviction_and_disruption_budgets() {
         st.get(&PDBS, "default", "quarter")
             .is_ok_and(|p| p["status"]["disruptionsAllowed"] == 1)
     }));
+    // A dry-run eviction checks but changes nothing.
+    let (code, _) = call(
+        &s,
+        "POST",
+        &format!("/api/v1/namespaces/default/pods/{other_name}/eviction?dryRun=All"),
+        "application/json",
+        &json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": other_name}}),
+    );
+    assert_eq!(code, 201);
+    assert!(s
+        .get(&PODS, "default", &other_name)
+        .is_some_and(|p| util::path(&p, "metadata.deletionTimestamp").is_none()));
     let (code, _) = evict(&other_name);
     assert_eq!(code, 201);
+
+    // Deleting the Deployment garbage-collects its ReplicaSet and pods.
+    let (code, _) = call(
+        &s,
+        "DELETE",
+        "/apis/apps/v1/namespaces/default/deployments/web",
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 200);
+    assert!(s.wait_until(Duration::from_secs(10), |st| st
+        .list(&PODS, &Default::default())
+        .is_empty()));
+    assert!(s
+        .list(&kube_testserver::resources::REPLICASETS, None)
+        .is_empty());
 }
 
 #[test]
