@@ -127,8 +127,61 @@ pub const PDBS: ResourceDef = def!(
     true
 );
 
+pub const SERVICEACCOUNTS: ResourceDef = def!(
+    "",
+    "v1",
+    "serviceaccounts",
+    "serviceaccount",
+    "ServiceAccount",
+    true,
+    &["sa"],
+    false
+);
+// RBAC objects are stored and served only (nothing is authorized against them), so install
+// manifests can be applied with kubectl.
+pub const CLUSTERROLES: ResourceDef = def!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "clusterroles",
+    "clusterrole",
+    "ClusterRole",
+    false,
+    &[],
+    false
+);
+pub const CLUSTERROLEBINDINGS: ResourceDef = def!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "clusterrolebindings",
+    "clusterrolebinding",
+    "ClusterRoleBinding",
+    false,
+    &[],
+    false
+);
+pub const ROLES: ResourceDef = def!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "roles",
+    "role",
+    "Role",
+    true,
+    &[],
+    false
+);
+pub const ROLEBINDINGS: ResourceDef = def!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "rolebindings",
+    "rolebinding",
+    "RoleBinding",
+    true,
+    &[],
+    false
+);
+
 /// Every served type, in a fixed order (the index is the type's id).
-pub const ALL: [ResourceDef; 10] = [
+pub const ALL: [ResourceDef; 15] = [
     NAMESPACES,
     NODES,
     PODS,
@@ -139,6 +192,11 @@ pub const ALL: [ResourceDef; 10] = [
     REPLICASETS,
     DEPLOYMENTS,
     PDBS,
+    SERVICEACCOUNTS,
+    CLUSTERROLES,
+    CLUSTERROLEBINDINGS,
+    ROLES,
+    ROLEBINDINGS,
 ];
 
 /// Index of a type in [`ALL`].
@@ -160,10 +218,11 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceDef> {
         .find(|d| d.kind == kind && d.api_version() == api_version)
 }
 
-const GROUPS: [(&str, &str); 3] = [
+const GROUPS: [(&str, &str); 4] = [
     ("apps", "v1"),
     ("coordination.k8s.io", "v1"),
     ("policy", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
 ];
 
 /// `GET /api`.

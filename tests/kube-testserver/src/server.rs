@@ -535,6 +535,7 @@ struct WatchStream {
     next_bookmark: tokio::time::Instant,
     shutdown: watch::Receiver<bool>,
     done: bool,
+    table: Option<table::Include>,
 }
 
 impl Drop for WatchStream {
@@ -570,11 +571,24 @@ fn error_line(e: &ApiError) -> Bytes {
 }
 
 impl WatchStream {
+    /// One event line: the object as JSON, or as a one-row Table for `kubectl get -w`.
+    fn line(&self, t: EventType, obj: &Obj, json: &[u8]) -> Bytes {
+        match self.table {
+            Some(include) => {
+                let table =
+                    table::render(self.def, std::slice::from_ref(obj), self.last_rv, include);
+                event_line(t.as_str(), &serde_json::to_vec(&table).unwrap_or_default())
+            }
+            None => event_line(t.as_str(), json),
+        }
+    }
+
     fn queue_backlog(&mut self) {
         for (t, ev) in std::mem::take(&mut self.sub.backlog) {
             if ev.rv > self.last_rv {
                 self.last_rv = ev.rv;
-                self.pending.push_back(event_line(t.as_str(), &ev.json));
+                let line = self.line(t, &ev.obj, &ev.json);
+                self.pending.push_back(line);
             }
         }
     }
@@ -592,7 +606,7 @@ impl WatchStream {
                     Some((t, ev)) => {
                         if ev.rv > self.last_rv {
                             self.last_rv = ev.rv;
-                            return Some(event_line(t.as_str(), &ev.json));
+                            return Some(self.line(t, &ev.obj, &ev.json));
                         }
                     }
                     None => {
@@ -626,7 +640,8 @@ impl WatchStream {
                     while let Ok((t, ev)) = self.sub.rx.try_recv() {
                         if ev.rv > self.last_rv {
                             self.last_rv = ev.rv;
-                            self.pending.push_back(event_line(t.as_str(), &ev.json));
+                            let line = self.line(t, &ev.obj, &ev.json);
+                self.pending.push_back(line);
                         }
                     }
                     if rv > self.last_rv {
@@ -687,10 +702,20 @@ fn watch_resp(
                 .expect("valid response"));
         }
     };
+    let table_mode = r.wants_table().then(|| include_mode(r));
     for o in &sub.initial {
+        let json = match table_mode {
+            Some(include) => serde_json::to_vec(&table::render(
+                def,
+                std::slice::from_ref(o),
+                sub.rv,
+                include,
+            )),
+            None => serde_json::to_vec(&**o),
+        };
         pending.push_back(event_line(
             EventType::Added.as_str(),
-            &serde_json::to_vec(&**o).unwrap_or_default(),
+            &json.unwrap_or_default(),
         ));
     }
     if send_initial == Some("true") && bookmarks {
@@ -708,6 +733,7 @@ fn watch_resp(
         next_bookmark: now + shared.bookmark_interval,
         shutdown,
         done: false,
+        table: table_mode,
     };
     ws.queue_backlog();
     let s = stream::unfold(ws, |mut ws| async move {
