@@ -253,13 +253,19 @@ async fn client_role() -> anyhow::Result<()> {
                 .body(Empty::new())?;
             let resp = s.send_request(req).await?;
             let mut body = resp.into_body();
+            let mut carry: Vec<u8> = Vec::new();
             while let Some(frame) = body.frame().await {
                 if let Ok(d) = frame?.into_data() {
-                    // Watch events only; bookmarks are counted apart.
-                    let n = d
+                    carry.extend_from_slice(&d);
+                    // Complete lines only; bookmarks are not counted as events.
+                    let Some(last) = carry.iter().rposition(|b| *b == b'\n') else {
+                        continue;
+                    };
+                    let n = carry[..last]
                         .split(|b| *b == b'\n')
                         .filter(|l| !l.is_empty() && !l.starts_with(b"{\"type\":\"BOOKMARK\""))
                         .count();
+                    carry.drain(..=last);
                     events.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }

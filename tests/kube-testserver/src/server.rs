@@ -460,6 +460,9 @@ fn item(
             return Ok(json_resp(201, &status::success(201, None)));
         }
         Some("finalize") if *def == NAMESPACES => false,
+        Some("scale") if matches!(def.plural, "deployments" | "replicasets") => {
+            return scale(r, def, ns, name, shared);
+        }
         Some(_) => return Err(ApiError::not_found_path()),
     };
     match r.method {
@@ -519,6 +522,93 @@ fn item(
             r.method
         ))),
     }
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let selector = crate::util::path(obj, "spec.selector.matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": crate::util::path(obj, "spec.replicas").cloned().unwrap_or(json!(1))},
+        "status": {
+            "replicas": crate::util::path(obj, "status.replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
+/// The `scale` subresource (`kubectl scale`): GET, PUT and PATCH of `spec.replicas`.
+fn scale(
+    r: &Req,
+    def: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    shared: &Shared,
+) -> Result<Response<Body>, ApiError> {
+    let mut store = shared.lock();
+    let current = store.get(def, ns, name)?;
+    let old = scale_of(&current);
+    let new = match r.method {
+        Method::GET => return Ok(json_resp(200, &old)),
+        Method::PUT => r.body_json()?,
+        Method::PATCH => {
+            let mut v = old.clone();
+            let body = r.body_json()?;
+            match patch_type(&r.content_type)? {
+                PatchType::Json => crate::patch::json_patch(&mut v, &body)
+                    .map_err(|e| ApiError::new(422, "Invalid", e))?,
+                PatchType::Strategic => {
+                    crate::patch::strategic_merge(&mut v, &body).map_err(ApiError::bad_request)?
+                }
+                PatchType::Merge | PatchType::Apply => crate::patch::merge_patch(&mut v, &body),
+            }
+            v
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "scale accepts GET, PUT and PATCH",
+            ))
+        }
+    };
+    let want_rv = crate::util::str_at(&new, "metadata.resourceVersion");
+    if !want_rv.is_empty() && want_rv != crate::util::str_at(&current, "metadata.resourceVersion") {
+        return Err(ApiError::stale(def, name));
+    }
+    let replicas = crate::util::path(&new, "spec.replicas")
+        .and_then(Value::as_i64)
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                def,
+                name,
+                "spec.replicas: Invalid value: must be greater than or equal to 0",
+            )
+        })?;
+    let updated = store.patch(
+        def,
+        ns,
+        name,
+        PatchType::Merge,
+        &json!({"spec": {"replicas": replicas}}),
+        false,
+        r.dry_run(),
+    )?;
+    Ok(json_resp(200, &scale_of(&updated)))
 }
 
 // ----- watch -----

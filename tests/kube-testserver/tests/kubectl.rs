@@ -236,6 +236,13 @@ fn apply_deployment_and_pdb() {
     let pdb = c.server.get(&PDBS, "default", "web").unwrap();
     assert_eq!(pdb["metadata"]["generation"], json!(1));
     c.wait_deployment("default", "web", 4);
+
+    let o = c.kubectl(&["scale", "deployment/web", "--replicas=2"]);
+    assert_eq!((o.code, o.stdout.trim()), (0, "deployment.apps/web scaled"));
+    c.wait_deployment("default", "web", 2);
+    let o = c.kubectl(&["rollout", "status", "deployment/web", "--timeout=20s"]);
+    assert_eq!(o.code, 0);
+    assert!(o.stdout.contains("successfully rolled out"));
 }
 
 #[test]
