@@ -1,7 +1,7 @@
 //! Decoding of the Kubernetes protobuf request bodies kubectl sends for core types (its typed
 //! clients write `application/vnd.kubernetes.protobuf`): the `k8s\0` envelope, then the object by
 //! a small field table. Only the kinds kubectl's imperative commands and drain send are known
-//! (ConfigMap, Namespace, DeleteOptions, Eviction); others get 415. Responses are always JSON,
+//! (ConfigMap, Namespace, DeleteOptions, Eviction, PodDisruptionBudget, Deployment); others get 415. Responses are always JSON,
 //! which kubectl accepts.
 
 use crate::util;
@@ -16,6 +16,8 @@ enum F {
     MapStr,
     MapBytes,
     RepStr,
+    /// `intstr.IntOrString`: type 1 (0 int, 1 string), intVal 2, strVal 3.
+    IntOrStr,
     Msg(&'static [(u64, &'static str, F)]),
     RepMsg(&'static [(u64, &'static str, F)]),
 }
@@ -73,6 +75,91 @@ const DELETE_OPTIONS: Schema = &[
 const EVICTION: Schema = &[
     (1, "metadata", F::Msg(OBJECT_META)),
     (2, "deleteOptions", F::Msg(DELETE_OPTIONS)),
+];
+
+const LABEL_SELECTOR: Schema = &[
+    (1, "matchLabels", F::MapStr),
+    (
+        2,
+        "matchExpressions",
+        F::RepMsg(&[
+            (1, "key", F::Str),
+            (2, "operator", F::Str),
+            (3, "values", F::RepStr),
+        ]),
+    ),
+];
+
+const PDB: Schema = &[
+    (1, "metadata", F::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        F::Msg(&[
+            (1, "minAvailable", F::IntOrStr),
+            (2, "selector", F::Msg(LABEL_SELECTOR)),
+            (3, "maxUnavailable", F::IntOrStr),
+            (4, "unhealthyPodEvictionPolicy", F::Str),
+        ]),
+    ),
+];
+
+const CONTAINER: Schema = &[
+    (1, "name", F::Str),
+    (2, "image", F::Str),
+    (3, "command", F::RepStr),
+    (4, "args", F::RepStr),
+    (5, "workingDir", F::Str),
+    (
+        6,
+        "ports",
+        F::RepMsg(&[
+            (1, "name", F::Str),
+            (2, "hostPort", F::Int),
+            (3, "containerPort", F::Int),
+            (4, "protocol", F::Str),
+        ]),
+    ),
+    (
+        7,
+        "env",
+        F::RepMsg(&[(1, "name", F::Str), (2, "value", F::Str)]),
+    ),
+    (14, "imagePullPolicy", F::Str),
+];
+
+const POD_SPEC: Schema = &[
+    (2, "containers", F::RepMsg(CONTAINER)),
+    (3, "restartPolicy", F::Str),
+    (4, "terminationGracePeriodSeconds", F::Int),
+    (6, "dnsPolicy", F::Str),
+    (7, "nodeSelector", F::MapStr),
+    (10, "nodeName", F::Str),
+    (19, "schedulerName", F::Str),
+    (20, "initContainers", F::RepMsg(CONTAINER)),
+];
+
+const POD_TEMPLATE: Schema = &[
+    (1, "metadata", F::Msg(OBJECT_META)),
+    (2, "spec", F::Msg(POD_SPEC)),
+];
+
+const DEPLOYMENT: Schema = &[
+    (1, "metadata", F::Msg(OBJECT_META)),
+    (
+        2,
+        "spec",
+        F::Msg(&[
+            (1, "replicas", F::Int),
+            (2, "selector", F::Msg(LABEL_SELECTOR)),
+            (3, "template", F::Msg(POD_TEMPLATE)),
+            (4, "strategy", F::Msg(&[(1, "type", F::Str)])),
+            (5, "minReadySeconds", F::Int),
+            (6, "revisionHistoryLimit", F::Int),
+            (7, "paused", F::Bool),
+            (9, "progressDeadlineSeconds", F::Int),
+        ]),
+    ),
 ];
 
 const TYPE_META: Schema = &[(1, "apiVersion", F::Str), (2, "kind", F::Str)];
@@ -219,6 +306,22 @@ fn decode(b: &[u8], schema: Schema) -> Result<Value, String> {
             F::Msg(s) => {
                 out.insert(name, decode(r.bytes()?, s)?);
             }
+            F::IntOrStr => {
+                let v = decode(
+                    r.bytes()?,
+                    &[
+                        (1, "type", F::Int),
+                        (2, "intVal", F::Int),
+                        (3, "strVal", F::Str),
+                    ],
+                )?;
+                let value = if v.get("type").and_then(Value::as_i64) == Some(1) {
+                    v.get("strVal").cloned().unwrap_or(json!(""))
+                } else {
+                    v.get("intVal").cloned().unwrap_or(json!(0))
+                };
+                out.insert(name, value);
+            }
             F::RepMsg(s) => {
                 let v = decode(r.bytes()?, s)?;
                 out.entry(name)
@@ -256,6 +359,8 @@ pub fn decode_body(body: &[u8]) -> Result<Value, String> {
         "Namespace" => NAMESPACE,
         "DeleteOptions" => DELETE_OPTIONS,
         "Eviction" => EVICTION,
+        "PodDisruptionBudget" => PDB,
+        "Deployment" => DEPLOYMENT,
         other => {
             return Err(format!(
                 "protobuf bodies of kind {other:?} are not supported; send JSON"
@@ -298,5 +403,20 @@ mod tests {
         assert_eq!(v["data"]["k"], json!("v"));
         assert_eq!(v["kind"], json!("ConfigMap"));
         assert_eq!(base64(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn decodes_a_pdb() {
+        let min = [vec![0x08, 1], field(3, b"50%")].concat();
+        let max = vec![0x08, 0, 0x10, 2];
+        let sel = field(1, &[field(1, b"app"), field(2, b"web")].concat());
+        let spec = [field(1, &min), field(2, &sel), field(3, &max)].concat();
+        let raw = [field(1, &field(1, b"pdb")), field(2, &spec)].concat();
+        let tm = [field(1, b"policy/v1"), field(2, b"PodDisruptionBudget")].concat();
+        let body = [b"k8s\x00".to_vec(), field(1, &tm), field(2, &raw)].concat();
+        let v = decode_body(&body).unwrap();
+        assert_eq!(v["spec"]["minAvailable"], json!("50%"));
+        assert_eq!(v["spec"]["maxUnavailable"], json!(2));
+        assert_eq!(v["spec"]["selector"]["matchLabels"]["app"], json!("web"));
     }
 }

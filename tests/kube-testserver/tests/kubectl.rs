@@ -243,6 +243,37 @@ fn apply_deployment_and_pdb() {
     let o = c.kubectl(&["rollout", "status", "deployment/web", "--timeout=20s"]);
     assert_eq!(o.code, 0);
     assert!(o.stdout.contains("successfully rolled out"));
+
+    // The imperative forms send protobuf bodies.
+    let o = c.kubectl(&[
+        "create",
+        "deployment",
+        "api",
+        "--image=example.invalid/api:1",
+        "--replicas=2",
+    ]);
+    assert_eq!(
+        (o.code, o.stdout.trim()),
+        (0, "deployment.apps/api created")
+    );
+    c.wait_deployment("default", "api", 2);
+    let o = c.kubectl(&[
+        "create",
+        "pdb",
+        "api",
+        "--selector=app=api",
+        "--min-available=50%",
+    ]);
+    assert_eq!(
+        (o.code, o.stdout.trim()),
+        (0, "poddisruptionbudget.policy/api created")
+    );
+    assert!(c.server.wait_until(Duration::from_secs(5), |s| {
+        s.get(&PDBS, "default", "api").is_ok_and(|p| {
+            p["status"]["desiredHealthy"] == json!(1)
+                && p["status"]["disruptionsAllowed"] == json!(1)
+        })
+    }));
 }
 
 #[test]
