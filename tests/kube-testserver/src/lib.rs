@@ -53,6 +53,8 @@ pub struct Options {
     pub history_size: usize,
     /// Worker threads of the server's own runtime.
     pub worker_threads: usize,
+    /// Events queued per watch before it falls back to replaying the history.
+    pub watch_queue: usize,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(10),
             history_size: 10_000,
             worker_threads: 2,
+            watch_queue: 1024,
         }
     }
 }
@@ -109,6 +112,7 @@ impl TestServer {
             store: Mutex::new(Store::new(StoreOptions {
                 pod_start_delay: opts.pod_start_delay,
                 history_size: opts.history_size,
+                watch_queue: opts.watch_queue.max(1),
                 ..StoreOptions::default()
             })),
             bookmark_interval: opts.bookmark_interval,

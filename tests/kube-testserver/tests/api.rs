@@ -683,3 +683,41 @@ fn daemonsets_and_node_reboots() {
     assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 1);
     assert!(!s.simulate_node_reboot("ghost", Duration::from_secs(1)));
 }
+
+#[test]
+fn a_watch_that_falls_behind_catches_up_from_the_history() {
+    let s = TestServer::start(Options {
+        watch_queue: 4,
+        history_size: 1000,
+        ..Options::default()
+    })
+    .unwrap();
+    let (_, list) = get(&s, "/api/v1/namespaces/default/configmaps");
+    let mut w = Watch::open(
+        &s,
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={}&timeoutSeconds=10",
+            rv(&list)
+        ),
+    );
+    // 100 events in one lock hold: the watch's queue of 4 overflows.
+    s.with_store(|st| {
+        for i in 0..100 {
+            st.create(
+                &kube_testserver::resources::CONFIGMAPS,
+                "default",
+                json!({"metadata": {"name": format!("c{i:03}")}}),
+                false,
+            )
+            .unwrap();
+        }
+    });
+    let mut names = Vec::new();
+    while names.len() < 100 {
+        let e = w.next_event().expect("events until all 100 arrived");
+        assert_eq!(e["type"], "ADDED");
+        names.push(util::str_at(&e["object"], "metadata.name").to_string());
+    }
+    let want: Vec<String> = (0..100).map(|i| format!("c{i:03}")).collect();
+    assert_eq!(names, want, "every event once, in order");
+}
