@@ -276,14 +276,18 @@ async fn client_role() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Each pod watch starts with its ~30 ADDED events; wait for those to arrive.
-    let initial = (pods.min(nodes * (pods / nodes.max(1)))) as u64;
+    // Every watch starts with the current state as ADDED events: a node's pods, its Node, the
+    // ConfigMap. Wait for all of them so they do not count later.
+    let pod_watches = watches.min(nodes);
+    let initial = (pods * pod_watches / nodes.max(1)
+        + watches.saturating_sub(nodes).min(nodes)
+        + watches.saturating_sub(2 * nodes)) as u64;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while events.load(Ordering::Relaxed) < initial.min(pods as u64) && Instant::now() < deadline {
+    while events.load(Ordering::Relaxed) < initial && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "{watches} watches open in {:.1} s ({} initial events received)",
+        "{watches} watches open in {:.1} s ({} of {initial} initial events received)",
         t.elapsed().as_secs_f64(),
         events.load(Ordering::Relaxed)
     );

@@ -577,6 +577,16 @@ impl Store {
         rv: Option<u64>,
     ) -> Result<Subscription, ApiError> {
         let rid = resources::id(def);
+        if let Some(n) = rv.filter(|n| *n > self.rv) {
+            return Err(ApiError::new(
+                504,
+                "Timeout",
+                format!(
+                    "Timeout: Too large resource version: {n}, current: {}",
+                    self.rv
+                ),
+            ));
+        }
         let (backlog, initial) = match rv {
             None | Some(0) => (Vec::new(), self.list(def, &filter)),
             Some(n) => (self.replay(rid, &filter, n)?, Vec::new()),

@@ -450,6 +450,17 @@ fn watch_streams_resumes_bookmarks_and_expires() {
     let mut other = Watch::open(&s, &format!("/api/v1/pods?watch=1&fieldSelector=spec.nodeName%3Dn2&resourceVersion={}&timeoutSeconds=1", start_rv));
     assert!(other.next_event().is_none());
 
+    // A resourceVersion from the future is refused, as the apiserver does.
+    let mut future = Watch::open(
+        &s,
+        "/api/v1/namespaces/default/pods?watch=1&resourceVersion=999999999",
+    );
+    let e = future.next().unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["code"].as_i64()),
+        (Some("ERROR"), Some(504))
+    );
+
     // Far more events than the history keeps: an old resourceVersion is gone.
     for i in 0..250 {
         s.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
