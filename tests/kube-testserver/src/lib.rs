@@ -113,7 +113,6 @@ impl TestServer {
                 pod_start_delay: opts.pod_start_delay,
                 history_size: opts.history_size,
                 watch_queue: opts.watch_queue.max(1),
-                ..StoreOptions::default()
             })),
             bookmark_interval: opts.bookmark_interval,
         });
