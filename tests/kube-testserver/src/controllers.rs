@@ -6,7 +6,7 @@
 //! under the store lock from [`tick`]; nothing here talks HTTP.
 
 use crate::resources::{DAEMONSETS, DEPLOYMENTS, NODES, PDBS, PODS, REPLICASETS};
-use crate::store::{node_key, Key, Obj, Store, Timer};
+use crate::store::{Key, Obj, Store, Timer};
 use crate::util;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -872,9 +872,4 @@ fn disruption_budgets(store: &mut Store) {
         }
         write_status(store, &PDBS, &pdb, holder["status"].take());
     }
-}
-
-/// The node key helper re-exported for the library API.
-pub fn node(name: &str) -> Key {
-    node_key(name)
 }

@@ -1350,7 +1350,7 @@ fn pod_fingerprint(p: &Value) -> [Option<&Value>; 6] {
     ]
 }
 
-/// Keys of namespaces being deleted.
+/// The key of a cluster-scoped object (a node, a namespace).
 pub fn node_key(name: &str) -> Key {
     (String::new(), name.to_string())
 }

@@ -519,7 +519,13 @@ fn graceful_pod_deletion() {
 
 #[test]
 fn eviction_and_disruption_budgets() {
-    let s = start();
+    // Replacements take 1.5 s to become Ready, so the spent budget is seen even on a busy
+    // machine.
+    let s = TestServer::start(Options {
+        pod_start_delay: Duration::from_millis(1500),
+        ..Options::default()
+    })
+    .unwrap();
     s.add_nodes("n", 3);
     s.apply(fixtures::deployment("default", "web", 4)).unwrap();
     assert!(s.wait_until(Duration::from_secs(10), |st| {
