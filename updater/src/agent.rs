@@ -538,6 +538,8 @@ impl Agent {
             self.opts.watch_timeout,
         );
         let mut next_steal = tokio::time::Instant::now();
+        // The lease version last tried, so a lost race is not retried on the same stale view.
+        let mut tried: Option<Option<String>> = None;
         loop {
             // Everything free, expired, or ours, now and then.
             if tokio::time::Instant::now() >= next_steal {
@@ -577,10 +579,15 @@ impl Agent {
                     None => true,
                     Some(l) => slots::holder(l).is_none() || slots::expired(l, Utc::now()),
                 };
-                if free {
+                let rv = lease
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone());
+                if free && tried != Some(rv.clone()) {
+                    tried = Some(rv);
                     if let Some(a) = self.slots.try_slot(&preferred, lease).await? {
                         return Ok(Some(a));
                     }
+                    // Lost the race: wait for the watch to show the winner (or a timer).
                     continue;
                 }
                 if let Some(exp) = lease.as_ref().and_then(slots::expires_at) {

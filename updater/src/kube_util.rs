@@ -16,16 +16,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Counts requests passing through the client's service stack.
+/// Counts requests passing through the client's service stack, and optionally records each
+/// request's method and path (the RBAC test compares them with the manifests' rules).
 #[derive(Clone, Debug)]
 pub struct Counting<S> {
     inner: S,
     count: Arc<AtomicU64>,
+    log: Option<RequestLog>,
 }
 
-impl<S, R> tower::Service<R> for Counting<S>
+/// `METHOD /path?query` of every request, when recording.
+pub type RequestLog = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Counting<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<http::Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -35,14 +40,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         self.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = &self.log {
+            let line = format!("{} {}", req.method(), req.uri());
+            log.lock().unwrap_or_else(|p| p.into_inner()).insert(line);
+        }
         self.inner.call(req)
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct CountLayer(pub Arc<AtomicU64>);
+pub struct CountLayer(pub Arc<AtomicU64>, pub Option<RequestLog>);
 
 impl<S> tower::Layer<S> for CountLayer {
     type Service = Counting<S>;
@@ -50,6 +59,7 @@ impl<S> tower::Layer<S> for CountLayer {
         Counting {
             inner,
             count: self.0.clone(),
+            log: self.1.clone(),
         }
     }
 }
@@ -59,6 +69,7 @@ impl<S> tower::Layer<S> for CountLayer {
 pub struct Kube {
     pub client: Client,
     pub requests: Arc<AtomicU64>,
+    pub log: Option<RequestLog>,
 }
 
 impl std::fmt::Debug for Kube {
@@ -71,17 +82,34 @@ impl std::fmt::Debug for Kube {
 
 /// Builds a client from a config, counting requests; the read timeout is raised so long
 /// watches are not cut by the client.
-pub fn client_from_config(
+pub fn client_from_config(config: kube::Config, watch_timeout: Duration) -> anyhow::Result<Kube> {
+    build(config, watch_timeout, None)
+}
+
+fn build(
     mut config: kube::Config,
     watch_timeout: Duration,
+    log: Option<RequestLog>,
 ) -> anyhow::Result<Kube> {
     config.read_timeout = Some(watch_timeout + Duration::from_secs(60));
     let requests = Arc::new(AtomicU64::new(0));
     let client = kube::client::ClientBuilder::try_from(config)
         .context("building the Kubernetes client")?
-        .with_layer(&CountLayer(requests.clone()))
+        .with_layer(&CountLayer(requests.clone(), log.clone()))
         .build();
-    Ok(Kube { client, requests })
+    Ok(Kube {
+        client,
+        requests,
+        log,
+    })
+}
+
+/// A client for a plain-HTTP server URL that records every request it sends.
+pub fn recording_client_for_url(url: &str, watch_timeout: Duration) -> anyhow::Result<Kube> {
+    let uri: http::Uri = url.parse().with_context(|| format!("parsing {url}"))?;
+    let mut config = kube::Config::new(uri);
+    config.default_namespace = "default".into();
+    build(config, watch_timeout, Some(RequestLog::default()))
 }
 
 /// A client for a plain-HTTP server URL (tests, the benchmark).

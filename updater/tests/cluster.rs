@@ -46,7 +46,8 @@ fn patch_policy(data: Value) -> Value {
 
 fn fast_opts(node: &str) -> AgentOptions {
     let mut o = AgentOptions::new(node);
-    o.lease_duration = Duration::from_secs(3);
+    // Long enough that a loaded CI machine does not delay a renewal past it.
+    o.lease_duration = Duration::from_secs(5);
     o.watch_timeout = Duration::from_secs(60);
     o.node_ready_timeout = Duration::from_secs(10);
     o.steal_interval = Duration::from_secs(1);
