@@ -22,6 +22,8 @@ pub struct Apt {
     lock_timeout: Duration,
     /// Where `reboot-required` lives (`/run`).
     run_dir: PathBuf,
+    /// apt's package lists (`Dir::State::Lists`).
+    lists_dir: PathBuf,
     log: fn(&str),
 }
 
@@ -55,10 +57,16 @@ impl Apt {
         if !config.sources.is_empty() || config.sources_mode == SourcesMode::Only {
             options.extend(write_sources(config, work_dir)?);
         }
+        let lists_dir = options
+            .iter()
+            .find_map(|o| o.strip_prefix("Dir::State::Lists="))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/apt/lists"));
         Ok(Apt {
             options,
             lock_timeout: config.lock_wait_timeout.as_std(),
             run_dir: run_dir.to_path_buf(),
+            lists_dir,
             log,
         })
     }
@@ -148,6 +156,30 @@ fn write_sources(config: &Config, work_dir: &Path) -> Result<Vec<String>> {
     }
     options.push(format!("Dir::Etc::SourceParts={}", parts.display()));
     Ok(options)
+}
+
+/// Removes apt's cached package lists (keeping its lock file and the
+/// `partial` folder apt expects).
+fn clear_lists(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name();
+        if name == "lock" || name == "partial" {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?
+        } else {
+            std::fs::remove_file(&p)?
+        }
+    }
+    let partial = dir.join("partial");
+    if partial.exists() {
+        for e in std::fs::read_dir(&partial)?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
 }
 
 /// One deb822 source stanza.
@@ -330,11 +362,30 @@ impl Backend for Apt {
 
     fn refresh(&mut self) -> Result<(), Failure> {
         self.wait_locks()?;
-        run_classified(
-            "refreshing package lists",
-            self.apt_get(&["--error-on=any", "update"]),
-        )
-        .map(drop)
+        let update = || {
+            run_classified(
+                "refreshing package lists",
+                self.apt_get(&["--error-on=any", "update"]),
+            )
+            .map(drop)
+        };
+        match update() {
+            // apt does not sync its list files: after a power cut they can
+            // be truncated, and then every update fails on its own cache
+            // ("Splitting of clearsigned file ... failed", a hash mismatch
+            // on a local file). Dropping the cached lists and fetching them
+            // again, still verified, tells that apart from a bad source.
+            Err(Failure::Fatal(Error::Verification { detail })) if self.lists_dir.exists() => {
+                (self.log)(&format!(
+                    "package lists did not verify; fetching them again from scratch ({})",
+                    detail.lines().last().unwrap_or("")
+                ));
+                clear_lists(&self.lists_dir)
+                    .map_err(|e| Error::io(format!("clearing {}", self.lists_dir.display()), e))?;
+                update()
+            }
+            other => other,
+        }
     }
 
     fn plan(&mut self) -> Result<Plan> {

@@ -539,3 +539,33 @@ fn firstboot_patches_and_records() {
     );
     assert_eq!(n.reboot_calls(), 0);
 }
+
+#[test]
+fn package_lists_truncated_by_a_power_cut_are_fetched_again() {
+    let n = Node::new();
+    let out = n.bootpatch(&["check"]);
+    assert_eq!(code(&out), 100, "{}", text(&out));
+    // What ext4 leaves of unsynced files after a power cut: zero-length or
+    // zero-filled. apt fails on its own cache from then on.
+    let lists = n.root.path("var/lib/bootpatch/apt/lists");
+    for e in std::fs::read_dir(&lists).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with("InRelease") {
+            std::fs::write(e.path(), "").unwrap();
+        } else if name.ends_with("_Packages") {
+            let len = std::fs::metadata(e.path()).unwrap().len() as usize;
+            std::fs::write(e.path(), vec![0u8; len]).unwrap();
+        }
+    }
+    let out = n.bootpatch(&["apply"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fetching them again"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        n.root.version_of("bootpatch-fixture-tool").as_deref(),
+        Some("2.0")
+    );
+}
