@@ -410,9 +410,9 @@ pub fn go_duration(d: Duration) -> String {
         return "0s".into();
     }
     if ns < 1_000_000_000 {
-        return if ns % 1_000_000 == 0 {
+        return if ns.is_multiple_of(1_000_000) {
             format!("{}ms", ns / 1_000_000)
-        } else if ns % 1000 == 0 {
+        } else if ns.is_multiple_of(1000) {
             format!("{}µs", ns / 1000)
         } else {
             format!("{ns}ns")
@@ -525,9 +525,11 @@ pub async fn drain_node(
                             let sleep_until = Instant::now() + timing.eviction_retry;
                             let sleep_until = deadline.map_or(sleep_until, |d| d.min(sleep_until));
                             tokio::time::sleep_until(sleep_until).await;
-                            match api.get_opt(&name).await {
-                                Ok(None) => return Ok(None),
-                                Ok(Some(_)) | Err(_) => {}
+                            if let Ok(None) = api.get_opt(&name).await {
+                                if blocked.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                                    out.pdb_blocked(false);
+                                }
+                                return Ok(None);
                             }
                         }
                         Err(e) => {
