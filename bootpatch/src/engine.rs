@@ -308,6 +308,11 @@ fn run_patch(
         return Ok(report);
     }
     if !plan.changes.is_empty() {
+        // Nothing syncs what cloud-init wrote in this boot (the config, the
+        // join script, its own markers) nor apt's fresh lists; a power cut
+        // during the install would lose them and, with them, the join.
+        // Flush them before the long, risky part.
+        rustix::fs::sync();
         log::info(&format!("upgrading {} package(s)", plan.changes.len()));
         retry(deadline, "downloading packages", || b.download())?;
         b.install()?;

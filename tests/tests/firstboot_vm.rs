@@ -260,12 +260,20 @@ fn power_loss_during_install_recovers_without_reboot_loops() {
             tail(&console),
             r.state
         );
-        assert_eq!(
-            r.state["first_boot"]["result"], "patched",
-            "cut {i}: {}",
+        // A cut after dpkg finished but before bootpatch recorded the run
+        // leaves nothing for the next run to do: it says up-to-date.
+        let fb = r.state["first_boot"]["result"].as_str().unwrap_or_default();
+        assert!(
+            fb == "patched" || fb == "up-to-date",
+            "cut {i}: first boot {fb}: {}",
             r.state
         );
-        assert_eq!(joined_boots(&r).len(), 1, "cut {i}");
+        assert_eq!(
+            joined_boots(&r).len(),
+            1,
+            "cut {i}: the join must run exactly once\n{}",
+            tail(&console)
+        );
     }
 }
 
