@@ -81,9 +81,27 @@ struct Cleanup(Option<PathBuf>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
+            // Never delete through a mount a failed mmdebstrap hook left behind.
+            if let Some(m) = mount_below(&p) {
+                eprintln!(
+                    "builder: leaving {} in place: {m} is still mounted",
+                    p.display()
+                );
+                return;
+            }
             let _ = fs::remove_dir_all(p);
         }
     }
+}
+
+/// The first mount point at or below `dir`, from /proc/self/mountinfo.
+fn mount_below(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .find(|t| Path::new(t).starts_with(&dir))
+        .map(str::to_string)
 }
 
 fn pid_alive(pid: &str) -> bool {
@@ -96,7 +114,7 @@ fn remove_stale(dir: &Path, prefix: &str) {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name.strip_prefix(prefix) {
-            if !pid_alive(pid) {
+            if !pid_alive(pid) && mount_below(&e.path()).is_none() {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
