@@ -1,11 +1,10 @@
 # The two entry points of the README. Each installs what it needs first.
-#   make image   builds the default image (images/debian-12.yaml) into out/
+#   make image   builds the default image (images/debian-12.yaml) into out/debian-12/
 #   make test    runs every test, as CI does (.ci/run)
 
 SPEC ?= images/debian-12.yaml
-OUT  ?= out
 
-.PHONY: image test deps lint bootpatch bench-bootpatch bench-firstboot
+.PHONY: image test deps lint bootpatch bench-bootpatch bench-firstboot bench-builder
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -16,7 +15,7 @@ bootpatch:
 	./scripts/build-bootpatch >/dev/null
 
 image: deps bootpatch
-	cargo run --locked --release -q -p builder -- build $(SPEC) --out $(OUT)
+	cargo run --locked --release -q -p builder -- build $(SPEC)
 
 lint:
 	cargo fmt --all -- --check
@@ -30,3 +29,6 @@ bench-bootpatch: deps bootpatch
 
 bench-firstboot: deps bootpatch
 	BOOTPATCH_BIN=$$(./scripts/build-bootpatch) cargo run --locked --release -q -p bootpatch-e2e --example bench_firstboot
+
+bench-builder: deps bootpatch
+	sh scripts/bench-builder.sh
