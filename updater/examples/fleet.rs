@@ -18,7 +18,10 @@
 //!
 //! Simulation timings (set, not measured on hosts): apply 200 ms, reboot 300 ms; drain with
 //! gracePeriod 0, the eviction retry after a 429 shortened from kubectl's 5 s to 500 ms and the
-//! delete poll from 1 s to 100 ms (so a run takes about a second, not minutes).
+//! delete poll from 1 s to 100 ms (so a run takes about a second, not minutes). Slots are Leases
+//! of 30 s (the agent's default is 60 s): the whole fleet and the server share two cores here,
+//! and a shorter lease lets an overloaded holder's renewal arrive late and its slot be taken over
+//! (which is then reported as failed nodes, as it should be).
 
 use kube_testserver::resources::{LEASES, NODES, PODS};
 use kube_testserver::{fixtures, util, Filter, Options, TestServer};
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let watch_timeout = Duration::from_secs(1800 / a.scale.max(1));
+    server.write_kubeconfig("/tmp/fleet-kubeconfig")?;
     let kube = {
         let _g = rt.enter();
         client_for_url(&server.url(), watch_timeout)?
@@ -160,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         let rt = rt.handle().clone();
         move |n: &str| {
             let mut o = AgentOptions::new(n);
-            o.lease_duration = Duration::from_secs(3);
+            o.lease_duration = Duration::from_secs(30);
             o.watch_timeout = watch_timeout;
             o.timing = Timing {
                 eviction_retry: Duration::from_millis(500),
@@ -247,11 +251,11 @@ fn main() -> anyhow::Result<()> {
         })
     };
 
-    // Crash injector: kills a random agent that is mid-run and restarts it 300 ms later.
+    // Crash injector: every `--crash-every-ms`, kills a random agent that is mid-run and restarts
+    // it 300 ms later (within the lease duration, so it resumes its own slot).
     let crashes = Arc::new(AtomicUsize::new(0));
     let crasher = {
         let (stop, crashes, s) = (stop.clone(), crashes.clone(), server.clone());
-        let nodes = nodes.clone();
         let handles = handles.clone();
         let start_agent = start_agent.clone();
         let every = a.crash_every_ms;
@@ -262,12 +266,18 @@ fn main() -> anyhow::Result<()> {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let n = &nodes[(x % nodes.len() as u64) as usize];
-                let node = s.get(&NODES, "", n).unwrap_or_default();
-                let step = annotation(&node, ann::STEP);
-                if step.is_empty() || step == "idle" || step == "failed" {
+                let running: Vec<String> = s
+                    .list(&NODES, None)
+                    .iter()
+                    .filter(|n| {
+                        !matches!(annotation(n, ann::STEP).as_str(), "" | "idle" | "failed")
+                    })
+                    .map(|n| util::str_at(n, "metadata.name").to_string())
+                    .collect();
+                if running.is_empty() {
                     continue;
                 }
+                let n = &running[(x % running.len() as u64) as usize];
                 if let Some(h) = handles.lock().unwrap().remove(n) {
                     h.abort();
                 }
@@ -300,7 +310,24 @@ fn main() -> anyhow::Result<()> {
                 || annotation(n, ann::STEP) == "failed"
         })
     };
-    let finished = server.wait_until(Duration::from_secs(3600), done);
+    let mut last_report = Instant::now();
+    let finished = server.wait_until(Duration::from_secs(3600), |s| {
+        if last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            let mut steps: std::collections::BTreeMap<String, usize> = Default::default();
+            for n in s.list(&NODES, &Filter::default()) {
+                *steps
+                    .entry(format!(
+                        "{}/{}",
+                        annotation(&n, ann::STEP),
+                        annotation(&n, ann::LAST_RESULT)
+                    ))
+                    .or_default() += 1;
+            }
+            eprintln!("{:>6.1} s: {steps:?}", t0.elapsed().as_secs_f64());
+        }
+        done(s)
+    });
     let makespan = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let _ = mon.join();

@@ -122,6 +122,9 @@ pub struct Agent {
     node_rx: Option<watch::Receiver<Option<Snapshot<Node>>>>,
     reboot_issued: bool,
     profiling: watch::Sender<bool>,
+    /// The cluster's node names, sorted, and when they were listed (for the slot count and
+    /// this node's preferred slot; refreshed when older than an hour, only when needed).
+    members: Option<(std::time::Instant, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -156,6 +159,7 @@ impl Agent {
             node_rx: None,
             reboot_issued: false,
             profiling: watch::channel(false).0,
+            members: None,
         }
     }
 
@@ -200,13 +204,43 @@ impl Agent {
         step: Step,
         extra: &[(&str, Option<String>)],
         message: &str,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), Stop> {
         let mut pairs: Vec<(&str, Option<String>)> = vec![
             (nodeann::STEP, Some(step.as_str().to_string())),
             (nodeann::STEP_SINCE, Some(now_rfc3339())),
         ];
         pairs.extend(extra.iter().cloned());
-        annotate(self.client(), &self.opts.node, &pairs).await?;
+        // Never write over a `failed` mark (another node took our slot over while we were
+        // slow): stop instead. The write is conditional on the version read.
+        loop {
+            let node = self.fresh_node().await?;
+            if step != Step::Failed && nodeann::step_of(&node) == Step::Failed {
+                return Err(Stop::SlotLost);
+            }
+            let map: serde_json::Map<String, serde_json::Value> = pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        v.clone().map_or(serde_json::Value::Null, Into::into),
+                    )
+                })
+                .collect();
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": node.metadata.resource_version, "annotations": map}});
+            match Api::<Node>::all(self.client().clone())
+                .patch(
+                    &self.opts.node,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.metrics.set_step(step.as_str());
         let reason = format!(
             "OSPatch{}",
@@ -394,6 +428,11 @@ impl Agent {
         node_rx
             .wait_for(|s| s.as_ref().is_some_and(|m| !m.is_empty()))
             .await?;
+        // Node names for the slot count, ahead of any run (so a fleet that becomes due at
+        // once does not list them all at once).
+        if let Err(e) = self.members().await {
+            warn!(error = %e, "listing nodes");
+        }
         if let Err(e) = self.publish_host_state(true).await {
             warn!(error = %format!("{e:#}"), "publishing the host's patch state");
         }
@@ -502,6 +541,26 @@ impl Agent {
         }
     }
 
+    /// The sorted node names (metadata-only list, cached for an hour).
+    async fn members(&mut self) -> Result<Vec<String>, kube::Error> {
+        if let Some((at, names)) = &self.members {
+            if at.elapsed() < Duration::from_secs(3600) {
+                return Ok(names.clone());
+            }
+        }
+        let nodes = Api::<Node>::all(self.client().clone())
+            .list_metadata(&ListParams::default())
+            .await?;
+        let mut names: Vec<String> = nodes
+            .items
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        names.sort();
+        self.members = Some((std::time::Instant::now(), names.clone()));
+        Ok(names)
+    }
+
     /// Waits for a slot (its preferred one by watching it, the others now and then), marks the
     /// previous holder of a taken-over slot failed. `None` if the node stopped being due.
     #[instrument(skip_all, fields(node = %self.opts.node))]
@@ -515,15 +574,7 @@ impl Agent {
                 return Ok(Some(a));
             }
         }
-        let nodes = Api::<Node>::all(self.client().clone())
-            .list(&ListParams::default())
-            .await?;
-        let mut names: Vec<String> = nodes
-            .items
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
-        names.sort();
+        let names = self.members().await?;
         let rank = names.iter().position(|n| *n == self.opts.node).unwrap_or(0) as u32;
         let n = self
             .patch
@@ -651,6 +702,7 @@ impl Agent {
             }
         }
         let slot = acquired.name().to_string();
+        let renewer = self.renewer(&slot);
         let started = std::time::Instant::now();
         self.record(
             Step::Idle.take_slot()?,
@@ -663,7 +715,7 @@ impl Agent {
             &format!("{reason} patch run: took slot {slot}"),
         )
         .await?;
-        self.drive(Step::SlotHeld, slot, started).await
+        self.drive(Step::SlotHeld, slot, started, renewer).await
     }
 
     /// Picks up a run after a restart.
@@ -683,12 +735,15 @@ impl Agent {
         let started = std::time::Instant::now();
         if let Some(name) = annotation(&node, nodeann::SLOT).map(str::to_string) {
             if let Some(a) = self.slots.try_slot(&name, None).await? {
+                let renewer = self.renewer(a.name());
                 if let Acquired::TakenOver { from, name } = &a {
                     if from != &self.opts.node {
                         self.mark_taken_over(from, name).await;
                     }
                 }
-                return self.drive(step, a.name().to_string(), started).await;
+                return self
+                    .drive(step, a.name().to_string(), started, renewer)
+                    .await;
             }
             // Someone else holds it: we were taken over (they mark us failed) unless we
             // had finished.
@@ -713,6 +768,7 @@ impl Agent {
         }
         match self.wait_for_slot(cm_rx, dcm_rx).await? {
             Some(a) => {
+                let renewer = self.renewer(a.name());
                 if let Acquired::TakenOver { from, name } = &a {
                     if from != &self.opts.node {
                         self.mark_taken_over(from, name).await;
@@ -724,10 +780,36 @@ impl Agent {
                     &[(nodeann::SLOT, Some(a.name().to_string()))],
                 )
                 .await?;
-                self.drive(step, a.name().to_string(), started).await
+                self.drive(step, a.name().to_string(), started, renewer)
+                    .await
             }
             None => Ok(()),
         }
+    }
+
+    /// Renews a held slot every third of its duration from now on; the flag turns true if the
+    /// slot turns out to be someone else's. Started as soon as a slot is got, before anything
+    /// else is written, so a slow API cannot let a fresh slot expire.
+    fn renewer(&self, slot: &str) -> (Arc<AtomicBool>, AbortOnDrop) {
+        let lost = Arc::new(AtomicBool::new(false));
+        let slots = self.slots.clone();
+        let flag = lost.clone();
+        let slot = slot.to_string();
+        let every = self.opts.lease_duration / 3;
+        let task = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match slots.renew(&slot).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => warn!(error = %e, "renewing the slot"),
+                }
+            }
+        }));
+        (lost, task)
     }
 
     /// Drives the cycle from `step` with `slot` held, renewing it meanwhile.
@@ -736,27 +818,9 @@ impl Agent {
         mut step: Step,
         slot: String,
         started: std::time::Instant,
+        renewer: (Arc<AtomicBool>, AbortOnDrop),
     ) -> Result<(), Stop> {
-        let lost = Arc::new(AtomicBool::new(false));
-        let _renewer = {
-            let slots = self.slots.clone();
-            let lost = lost.clone();
-            let slot = slot.clone();
-            let every = self.opts.lease_duration / 3;
-            AbortOnDrop(tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match slots.renew(&slot).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        Err(e) => warn!(error = %e, "renewing the slot"),
-                    }
-                }
-            }))
-        };
+        let (lost, _renewer) = renewer;
         self.metrics.slot_held.store(true, Ordering::Relaxed);
         loop {
             if lost.load(Ordering::SeqCst) {
@@ -1079,7 +1143,9 @@ impl Agent {
         result: &str,
         message: Option<String>,
     ) -> Result<(), Stop> {
-        self.slots.release(slot).await?;
+        if !slot.is_empty() {
+            self.slots.release(slot).await?;
+        }
         self.metrics.slot_held.store(false, Ordering::Relaxed);
         self.metrics
             .patch_duration_ms

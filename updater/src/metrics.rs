@@ -184,6 +184,48 @@ pub fn profiling_handler() -> Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_healthz_and_profile() {
+        let m = Arc::new(Metrics::new("n1"));
+        let healthy = Arc::new(AtomicBool::new(false));
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let _s = serve(addr, metrics_handler(m.clone(), healthy.clone()))
+            .await
+            .unwrap();
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 404"));
+        healthy.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let body = get(addr, "/metrics").await;
+        assert!(
+            body.contains("ospatch_slot_holder{node=\"n1\"} 0"),
+            "{body}"
+        );
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let paddr = probe.local_addr().unwrap();
+        drop(probe);
+        let _p = serve(paddr, profiling_handler()).await.unwrap();
+        let prof = get(paddr, "/debug/profile").await;
+        assert!(
+            prof.contains("VmRSS") && prof.contains("tokio_alive_tasks"),
+            "{prof}"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text() {

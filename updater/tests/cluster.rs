@@ -822,3 +822,58 @@ fn plugin_schedule_pause_resume_and_drain_policy() {
     assert_eq!(o.code, 0, "{o:?}");
     assert!(!annotation(&f.node("node-1"), ann::PATCH_REQUESTED).is_empty());
 }
+
+#[test]
+fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window() {
+    let now = chrono::Utc::now();
+    let hhmm = |d: chrono::Duration| (now + d).format("%H:%M").to_string();
+    let open = format!(
+        r#"[{{"start": "{}", "end": "{}", "timeZone": "UTC"}}]"#,
+        hhmm(chrono::Duration::hours(-1)),
+        hhmm(chrono::Duration::hours(1))
+    );
+    let cutoff = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut f = Fleet::new(
+        3,
+        DRAIN_OK,
+        json!({"maxConcurrency": "2", "onDemandPatchAfter": cutoff, "maintenanceWindows": open}),
+    );
+    seed_workloads(&f, 3);
+    f.start_all();
+    let nodes = f.nodes.clone();
+    f.wait("stale nodes patched", 60, |s| {
+        all_results(s, &nodes, "success")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
+        "once"
+    );
+    // A later cut-off, but the window is closed now: nothing starts.
+    let closed = format!(
+        r#"[{{"start": "{}", "end": "{}", "timeZone": "UTC"}}]"#,
+        hhmm(chrono::Duration::hours(2)),
+        hhmm(chrono::Duration::hours(3))
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut pp =
+        f.c.server
+            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .unwrap();
+    pp["data"] =
+        json!({"maxConcurrency": "2", "onDemandPatchAfter": later, "maintenanceWindows": closed});
+    f.c.server
+        .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
+        "ran outside its window"
+    );
+    assert!(nodes.iter().all(|n| !unschedulable(&f.node(n))));
+}
