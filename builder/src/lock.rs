@@ -164,6 +164,60 @@ pub fn make_local_repo(lock: &Lock, cache: &Path, repo: &Path) -> Result<()> {
             .current_dir(repo),
     )?;
     fs::write(repo.join("Release"), release)?;
+    sign_local_repo(repo)?;
+    Ok(())
+}
+
+/// The key a locked build's local repository is signed with, inside the
+/// repository folder so the same absolute path works outside the root and
+/// inside it (mmdebstrap mounts the folder at the same place).
+pub const LOCAL_REPO_KEY: &str = "local-repo-key.gpg";
+
+/// Signs the local repository with a key made for this build alone, so apt
+/// verifies it like any other source (no `trusted=yes`). The secret key
+/// lives in a temporary GnuPG home and is gone with it.
+fn sign_local_repo(repo: &Path) -> Result<()> {
+    cmd::require("gpg", "gnupg")?;
+    let home = tempfile::tempdir().context("making a GnuPG home")?;
+    let gpg = |args: &[&str]| -> Result<String> {
+        cmd::run(
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(home.path())
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--yes",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
+                .args(args)
+                .current_dir(repo),
+        )
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "bootpatch builder local repository",
+        "ed25519",
+        "sign",
+        "1d",
+    ])?;
+    gpg(&["--clearsign", "-o", "InRelease", "Release"])?;
+    let key = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home.path())
+        .args(["--batch", "--export"])
+        .output()
+        .context("exporting the local repository key")?;
+    if !key.status.success() || key.stdout.is_empty() {
+        bail!(
+            "exporting the local repository key failed: {}",
+            String::from_utf8_lossy(&key.stderr)
+        );
+    }
+    fs::write(repo.join(LOCAL_REPO_KEY), key.stdout)?;
     Ok(())
 }
 

@@ -139,7 +139,11 @@ pub fn mmdebstrap(
         Origin::Locked { repo, .. } => {
             c.arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount");
             c.arg(&spec.os.suite).arg(target);
-            c.arg(format!("deb [trusted=yes] file://{} ./", repo.display()));
+            c.arg(format!(
+                "deb [signed-by={}] file://{} ./",
+                repo.join(crate::lock::LOCAL_REPO_KEY).display(),
+                repo.display()
+            ));
         }
     }
     cmd::run_streaming(&mut c, |line| {
