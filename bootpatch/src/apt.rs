@@ -7,7 +7,7 @@
 //! nothing is removed, and the suites in the sources are never rewritten.
 
 use crate::backend::{Backend, Failure, Plan};
-use crate::cmd::{self, Output};
+use crate::cmd;
 use crate::config::{Config, SourcesMode};
 use crate::error::{Error, Result};
 use crate::lock;
@@ -302,17 +302,8 @@ pub fn point_release_of_base_files(version: &str) -> Option<String> {
         .then(|| format!("{major}.{}", update.trim_start_matches('0').max("0")))
 }
 
-fn run_classified(step: &str, mut c: Command) -> Result<Output, Failure> {
-    let out = cmd::run(&mut c)?;
-    if out.success() {
-        return Ok(out);
-    }
-    classify(&out.combined())?;
-    Err(Failure::Fatal(Error::Package {
-        step: step.into(),
-        command: cmd::display(&c),
-        detail: cmd::tail(&out.combined(), 15),
-    }))
+fn run_classified(step: &str, c: Command) -> Result<cmd::Output, Failure> {
+    crate::backend::run_classified(step, c, classify)
 }
 
 impl Backend for Apt {

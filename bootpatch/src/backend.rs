@@ -2,8 +2,10 @@
 //! apt and dnf share: the plan of a run and the classification of failures
 //! into "try again later" and "stop now".
 
+use crate::cmd;
 use crate::error::{Error, Result};
 use crate::state::PackageChange;
+use std::process::Command;
 
 /// What an upgrade within the stream would change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,4 +46,24 @@ pub trait Backend {
     fn install(&mut self) -> Result<()>;
     /// The packages that require a reboot, or None when none is required.
     fn reboot_required(&mut self) -> Result<Option<Vec<String>>>;
+}
+
+/// Runs a package manager command; a failure is sorted by `classify` into
+/// unreachable (retry) or fatal, and otherwise reported with the command
+/// line and the end of its output.
+pub fn run_classified(
+    step: &str,
+    mut c: Command,
+    classify: fn(&str) -> Result<(), Failure>,
+) -> Result<cmd::Output, Failure> {
+    let out = cmd::run(&mut c)?;
+    if out.success() {
+        return Ok(out);
+    }
+    classify(&out.combined())?;
+    Err(Failure::Fatal(Error::Package {
+        step: step.into(),
+        command: cmd::display(&c),
+        detail: cmd::tail(&out.combined(), 15),
+    }))
 }

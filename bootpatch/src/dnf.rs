@@ -118,17 +118,8 @@ pub fn classify(output: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run_step(step: &str, mut c: Command) -> Result<cmd::Output, Failure> {
-    let out = cmd::run(&mut c)?;
-    if out.success() {
-        return Ok(out);
-    }
-    classify(&out.combined())?;
-    Err(Failure::Fatal(Error::Package {
-        step: step.into(),
-        command: cmd::display(&c),
-        detail: cmd::tail(&out.combined(), 15),
-    }))
+fn run_step(step: &str, c: Command) -> Result<cmd::Output, Failure> {
+    crate::backend::run_classified(step, c, classify)
 }
 
 impl Backend for Dnf {
