@@ -7,8 +7,8 @@
 //! Run: `make bench-bootpatch` (needs root, like the tests).
 
 use bootpatch_e2e::fixtures::fixtures;
-use bootpatch_e2e::repo::{self, Key};
-use bootpatch_e2e::root::Root;
+use bootpatch_e2e::repo::Key;
+use bootpatch_e2e::root::fixture_node;
 use std::process::Command;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -83,29 +83,8 @@ fn main() {
     );
 
     // An up-to-date node: the repository offers only what is installed.
-    let f = fixtures();
-    let root = Root::new();
-    let mut args = vec!["dpkg".to_string(), "-i".into()];
-    for deb in &f.v1 {
-        args.push(root.put(deb, "var/tmp/v1"));
-    }
-    root.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let key = Key::generate("bench");
-    repo::build(
-        &root.path("/srv/bootpatch-repo"),
-        "bookworm-updates",
-        &f.v1,
-        Some(&key),
-    );
-    let indented: String = key
-        .armored
-        .lines()
-        .map(|l| format!("      {l}\n"))
-        .collect();
-    root.write(
-        "etc/bootpatch/config.yaml",
-        &format!("sourcesMode: only\nsources:\n  - name: fixtures\n    uris: [\"file:/srv/bootpatch-repo\"]\n    suites: [bookworm-updates]\n    signedBy: |\n{indented}"),
-    );
+    let root = fixture_node(&fixtures().v1, &key);
 
     let runs = 20;
     let (mut cpu, mut rss, mut wall) = (vec![], vec![], vec![]);

@@ -166,3 +166,33 @@ impl Root {
         std::fs::write(p, text).unwrap();
     }
 }
+
+/// A root with the version-1 fixtures installed and a repository of `repo_debs`
+/// at /srv/bootpatch-repo (bookworm-updates), signed by `key`, which the
+/// root's bootpatch config uses alone (`sourcesMode: only`).
+pub fn fixture_node(repo_debs: &[PathBuf], key: &crate::repo::Key) -> Root {
+    let root = Root::new();
+    let mut args = vec!["dpkg".to_string(), "-i".into()];
+    for deb in &crate::fixtures::fixtures().v1 {
+        args.push(root.put(deb, "var/tmp/v1"));
+    }
+    root.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    crate::repo::build(
+        &root.path("/srv/bootpatch-repo"),
+        "bookworm-updates",
+        repo_debs,
+        Some(key),
+    );
+    let indented: String = key
+        .armored
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    root.write(
+        "etc/bootpatch/config.yaml",
+        &format!(
+            "sourcesMode: only\nsources:\n  - name: fixtures\n    uris: [\"file:/srv/bootpatch-repo\"]\n    suites: [bookworm-updates]\n    signedBy: |\n{indented}"
+        ),
+    );
+    root
+}
