@@ -224,9 +224,6 @@ pub fn classify(output: &str) -> Result<(), Failure> {
         "File has unexpected size",
         "Signed-By",
     ];
-    if VERIFY.iter().any(|p| output.contains(p)) {
-        return Err(Failure::Fatal(Error::Verification { detail: detail() }));
-    }
     const UNREACHABLE: [&str; 11] = [
         "Could not resolve",
         "Temporary failure resolving",
@@ -240,10 +237,7 @@ pub fn classify(output: &str) -> Result<(), Failure> {
         "File not found",
         "Some index files failed to download",
     ];
-    if UNREACHABLE.iter().any(|p| output.contains(p)) {
-        return Err(Failure::Unreachable(detail()));
-    }
-    Ok(())
+    crate::backend::classify_by(output, &VERIFY, &UNREACHABLE, detail)
 }
 
 /// Parses `apt-get -s upgrade` output: `Inst name [old] (new release [arch])`

@@ -67,3 +67,21 @@ pub fn run_classified(
         detail: cmd::tail(&out.combined(), 15),
     }))
 }
+
+/// Sorts a failed command's output by the phrases its tool uses: a
+/// verification phrase is fatal, an unreachable one worth retrying, and
+/// anything else is left to the caller. `detail` picks what to report.
+pub fn classify_by(
+    output: &str,
+    verify: &[&str],
+    unreachable: &[&str],
+    detail: impl Fn() -> String,
+) -> Result<(), Failure> {
+    if verify.iter().any(|p| output.contains(p)) {
+        return Err(Failure::Fatal(Error::Verification { detail: detail() }));
+    }
+    if unreachable.iter().any(|p| output.contains(p)) {
+        return Err(Failure::Unreachable(detail()));
+    }
+    Ok(())
+}

@@ -102,9 +102,6 @@ pub fn classify(output: &str) -> Result<(), Failure> {
         "Bad GPG signature",
         "Checksum doesn't match",
     ];
-    if VERIFY.iter().any(|p| output.contains(p)) {
-        return Err(Failure::Fatal(Error::Verification { detail: detail() }));
-    }
     const UNREACHABLE: [&str; 5] = [
         "Curl error",
         "Cannot download repomd.xml",
@@ -112,10 +109,7 @@ pub fn classify(output: &str) -> Result<(), Failure> {
         "All mirrors were tried",
         "Could not resolve host",
     ];
-    if UNREACHABLE.iter().any(|p| output.contains(p)) {
-        return Err(Failure::Unreachable(detail()));
-    }
-    Ok(())
+    crate::backend::classify_by(output, &VERIFY, &UNREACHABLE, detail)
 }
 
 fn run_step(step: &str, c: Command) -> Result<cmd::Output, Failure> {
