@@ -302,8 +302,10 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 &spec.architecture,
                 epoch,
                 &sources,
-            )?,
+            )?
+            .with_auto_installed(&rootfs::auto_installed(&root)?),
         };
+        rootfs::write_auto_installed(&root, &lock_out.auto_installed())?;
         let cleaned = rootfs::hygiene(&root, &spec.hygiene)?;
         if p.mode() == Mode::Json {
             p.json(json!({"event": "hygiene", "actions": cleaned}));

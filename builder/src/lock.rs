@@ -38,6 +38,12 @@ pub struct LockedPackage {
     pub version: String,
     pub architecture: String,
     pub sha256: String,
+    /// apt's mark for a package pulled in as a dependency rather than asked
+    /// for (`apt autoremove` may take it once nothing needs it). A locked
+    /// build asks for every package by name, so it restores these marks to
+    /// give the same root; a lock without them marks nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_installed: bool,
 }
 
 impl LockedPackage {
@@ -56,6 +62,26 @@ impl Lock {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The (package, architecture) pairs apt marked as auto-installed.
+    pub fn auto_installed(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.packages
+            .iter()
+            .filter(|p| p.auto_installed)
+            .map(|p| (p.name.clone(), p.architecture.clone()))
+            .collect()
+    }
+
+    /// Records apt's auto-installed marks, given as (package, architecture).
+    pub fn with_auto_installed(
+        mut self,
+        auto: &std::collections::BTreeSet<(String, String)>,
+    ) -> Lock {
+        for p in &mut self.packages {
+            p.auto_installed = auto.contains(&(p.name.clone(), p.architecture.clone()));
+        }
+        self
     }
 
     pub fn to_text(&self) -> String {
@@ -88,6 +114,7 @@ pub fn make(
             version: version.clone(),
             architecture: arch.clone(),
             sha256: crate::hash::file_sha256(&f)?,
+            auto_installed: false,
         });
     }
     if !missing.is_empty() {
@@ -252,9 +279,21 @@ mod tests {
         fs::create_dir_all(&cache).unwrap();
         fs::write(cache.join("a_1.0_all.deb"), b"pretend deb").unwrap();
         let installed = vec![("a".to_string(), "1.0".to_string(), "all".to_string())];
-        let lock = make(&installed, &cache, "t", "bookworm", "amd64", 1, &[]).unwrap();
+        let auto = [("a".to_string(), "all".to_string())].into_iter().collect();
+        let lock = make(&installed, &cache, "t", "bookworm", "amd64", 1, &[])
+            .unwrap()
+            .with_auto_installed(&auto);
+        assert!(lock.packages[0].auto_installed);
+        assert_eq!(lock.auto_installed(), auto);
         let back: Lock = serde_json::from_str(&lock.to_text()).unwrap();
         assert_eq!(back, lock);
+        // A lock written before the marks existed still reads: nothing marked.
+        let old = lock
+            .to_text()
+            .replace(",\n      \"autoInstalled\": true", "");
+        assert!(!old.contains("autoInstalled"), "{old}");
+        let old: Lock = serde_json::from_str(&old).unwrap();
+        assert!(old.auto_installed().is_empty());
         let missing = vec![("b".to_string(), "2".to_string(), "all".to_string())];
         assert!(make(&missing, &cache, "t", "bookworm", "amd64", 1, &[]).is_err());
         // A changed byte in the cache is caught before anything is served.

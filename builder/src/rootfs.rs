@@ -10,6 +10,7 @@ use crate::lock::Lock;
 use crate::progress::Progress;
 use crate::spec::{SourceSpec, Spec};
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -472,6 +473,51 @@ pub fn parse_dpkg_query(out: &str) -> Vec<(String, String, String)> {
     v
 }
 
+const EXTENDED_STATES: &str = "var/lib/apt/extended_states";
+
+/// apt's auto-installed marks in a root, as (package, architecture).
+pub fn auto_installed(root: &Path) -> Result<BTreeSet<(String, String)>> {
+    let p = root.join(EXTENDED_STATES);
+    match fs::read_to_string(&p) {
+        Ok(text) => Ok(parse_extended_states(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// The packages marked `Auto-Installed: 1` in an `extended_states` file.
+pub fn parse_extended_states(text: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for stanza in text.split("\n\n") {
+        let field = |k: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+        };
+        if let (Some(name), Some(arch), Some(auto)) = (
+            field("Package:"),
+            field("Architecture:"),
+            field("Auto-Installed:"),
+        ) {
+            if auto == "1" {
+                out.insert((name, arch));
+            }
+        }
+    }
+    out
+}
+
+/// Writes apt's auto-installed marks in one canonical order (by package),
+/// so a build from the mirrors and a locked rebuild, whose apt runs resolve
+/// in different orders, leave the same bytes.
+pub fn write_auto_installed(root: &Path, auto: &BTreeSet<(String, String)>) -> Result<()> {
+    let text: String = auto
+        .iter()
+        .map(|(name, arch)| format!("Package: {name}\nArchitecture: {arch}\nAuto-Installed: 1\n\n"))
+        .collect();
+    write(root, EXTENDED_STATES, text.as_bytes(), 0o644)
+}
+
 /// The point release of a Debian root (`/etc/debian_version`), and the
 /// newest kernel version in /boot.
 pub fn point_release(root: &Path) -> Result<String> {
@@ -535,6 +581,24 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].0, "base-files");
         assert_eq!(v[1].1, "1:1.2.13.dfsg-1");
+    }
+
+    #[test]
+    fn extended_states_round_trip() {
+        let text = "Package: lsb-release\nArchitecture: amd64\nAuto-Installed: 1\n\n\
+                    Package: kept\nArchitecture: amd64\nAuto-Installed: 0\n\n\
+                    Package: libwrap0\nArchitecture: amd64\nAuto-Installed: 1\n";
+        let set = parse_extended_states(text);
+        let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["libwrap0", "lsb-release"]);
+        let d = tempfile::tempdir().unwrap();
+        write_auto_installed(d.path(), &set).unwrap();
+        assert_eq!(auto_installed(d.path()).unwrap(), set);
+        let written = fs::read_to_string(d.path().join(EXTENDED_STATES)).unwrap();
+        assert!(written.starts_with("Package: libwrap0\n"), "{written}");
+        assert!(auto_installed(&d.path().join("nowhere"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
