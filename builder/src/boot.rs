@@ -4,10 +4,18 @@
 //! opened with `snapshot=on` (booting never changes a built artifact) unless
 //! `--writable` asks to keep the guest's writes, as tests that boot a node
 //! twice do (on an overlay of the image).
+//!
+//! `--save-state DIR` pauses a writable guest when the `--until` text shows
+//! and saves its running state there (QMP `migrate` to a file, plus the
+//! firmware's variable store); `--resume DIR` starts from that state instead
+//! of booting. A test that needs many runs from one moment of a boot (power
+//! cuts during an install) boots to that moment once.
 
 use crate::cli::BootArgs;
 use crate::cmd;
+use crate::qmp::Qmp;
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -75,7 +83,22 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
     }
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
     let vars = scratch.path().join("OVMF_VARS.fd");
-    fs::copy(OVMF_VARS, &vars).context("copying the OVMF variable store")?;
+    let vars_from = match &a.resume {
+        Some(dir) => {
+            for f in [STATE_FILE, VARS_FILE] {
+                if !dir.join(f).is_file() {
+                    bail!(
+                        "{} has no {f}: not a state saved by builder boot --save-state",
+                        dir.display()
+                    );
+                }
+            }
+            dir.join(VARS_FILE)
+        }
+        None => PathBuf::from(OVMF_VARS),
+    };
+    fs::copy(&vars_from, &vars)
+        .with_context(|| format!("copying the variable store {}", vars_from.display()))?;
     let serial: PathBuf = a
         .serial
         .clone()
@@ -134,6 +157,14 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
     ])
     .args(["-serial", "chardev:ser0"])
     .args(["-device", "virtio-rng-pci"]);
+    let qmp_socket = scratch.path().join("qmp.sock");
+    if a.save_state.is_some() || a.resume.is_some() {
+        q.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()));
+    }
+    if a.resume.is_some() {
+        q.args(["-incoming", "defer"]);
+    }
     let line = cmd::display(&q);
     let mut child = q
         .stdin(Stdio::null())
@@ -141,6 +172,28 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {line}"))?;
+    let mut qmp = match a.save_state.is_some() || a.resume.is_some() {
+        true => Some(Qmp::connect(&qmp_socket, Duration::from_secs(30))?),
+        false => None,
+    };
+    if let (Some(dir), Some(qmp)) = (&a.resume, qmp.as_mut()) {
+        let uri = format!("file:{}", dir.join(STATE_FILE).display());
+        qmp.execute("migrate-incoming", json!({ "uri": uri }))?;
+        // The guest was paused when saved, so QEMU keeps it paused once the
+        // state is in: load, then continue.
+        qmp.wait_for(
+            "query-migrate",
+            Duration::from_secs(300),
+            crate::qmp::migration_done,
+        )
+        .with_context(|| format!("loading the guest saved in {}", dir.display()))?;
+        qmp.execute("cont", json!({}))?;
+        qmp.wait_for("query-status", Duration::from_secs(60), |v| {
+            Ok(v["status"] == "running")
+        })
+        .with_context(|| format!("resuming the guest saved in {}", dir.display()))?;
+        eprintln!("builder boot: resumed from {}", dir.display());
+    }
 
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut log = fs::File::open(&serial)?;
@@ -161,6 +214,10 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
             window.push_str(&String::from_utf8_lossy(&fresh));
             if let Some(m) = &a.until {
                 if window.contains(m.as_str()) {
+                    if let (Some(dir), Some(qmp)) = (&a.save_state, qmp.as_mut()) {
+                        save_state(qmp, dir, &vars)?;
+                        let _ = child.wait();
+                    }
                     break Outcome::MarkerSeen;
                 }
             }
@@ -190,6 +247,35 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         let _ = child.wait();
     }
     Ok(outcome)
+}
+
+const STATE_FILE: &str = "state";
+const VARS_FILE: &str = "OVMF_VARS.fd";
+
+/// Pauses the guest, writes its state and a copy of its variable store into
+/// `dir` (the state last, under a temporary name until complete), and
+/// quits QEMU. A paused guest writes nothing more to its disks.
+fn save_state(qmp: &mut Qmp, dir: &Path, vars: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let partial = dir.join(format!("{STATE_FILE}.partial"));
+    let _ = fs::remove_file(dir.join(STATE_FILE));
+    qmp.execute("stop", json!({}))?;
+    qmp.execute(
+        "migrate",
+        json!({ "uri": format!("file:{}", partial.display()) }),
+    )?;
+    qmp.wait_for(
+        "query-migrate",
+        Duration::from_secs(300),
+        crate::qmp::migration_done,
+    )?;
+    fs::copy(vars, dir.join(VARS_FILE)).context("saving the variable store")?;
+    fs::rename(&partial, dir.join(STATE_FILE))
+        .with_context(|| format!("publishing {}", dir.join(STATE_FILE).display()))?;
+    // QEMU closes the monitor as it quits, before or after answering.
+    let _ = qmp.execute("quit", json!({}));
+    eprintln!("builder boot: guest state saved in {}", dir.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -85,6 +85,16 @@ pub struct BootArgs {
     /// use an overlay, e.g. `qemu-img create -f qcow2 -b disk.raw -F raw`)
     #[arg(long)]
     pub writable: bool,
+    /// With --until and --writable: when the text shows, pause the guest and
+    /// save its running state (memory, devices, firmware variables) into
+    /// this folder, then stop. The state belongs to DISK as the guest left
+    /// it: resume it on DISK unchanged or on an overlay of it
+    #[arg(long, value_name = "DIR", requires_all = ["until", "writable"])]
+    pub save_state: Option<PathBuf>,
+    /// Resume a guest saved with --save-state, instead of booting (DISK must
+    /// hold what it held when the state was saved)
+    #[arg(long, value_name = "DIR", conflicts_with = "save_state")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

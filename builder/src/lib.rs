@@ -15,6 +15,7 @@ pub mod hostapt;
 pub mod lock;
 pub mod manifest;
 pub mod progress;
+pub mod qmp;
 pub mod render;
 pub mod rootfs;
 pub mod seed;
