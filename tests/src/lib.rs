@@ -6,6 +6,7 @@
 //! mocked. The tests need root, as CI has.
 
 pub mod fixtures;
+pub mod images;
 pub mod mirror;
 pub mod repo;
 pub mod root;

@@ -9,46 +9,17 @@
 //! power-off) is a second cloud-config part of a multi-part user-data, so
 //! the rendered part is exactly what users get.
 
-use crate::{cache_dir, sh, workspace, FileLock};
+use crate::{sh, workspace};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `builder` binary of this workspace (built on demand).
-pub fn builder_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BUILDER_BIN") {
-            return PathBuf::from(p);
-        }
-        let mut c = Command::new("cargo");
-        c.args(["build", "--quiet", "--release", "-p", "builder"])
-            .current_dir(workspace());
-        sh(c);
-        workspace().join("target/release/builder")
-    })
-    .clone()
-}
+pub use crate::images::builder_bin;
 
 fn builder(args: &[&str]) -> Command {
     let mut c = Command::new(builder_bin());
     c.args(args).current_dir(workspace());
     c
-}
-
-fn sha256_hex(paths: &[&Path]) -> String {
-    let mut c = Command::new("sha256sum");
-    c.args(paths);
-    let out = sh(c);
-    let mut c = Command::new("sha256sum");
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), out.as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&o.stdout)[..16].to_string()
 }
 
 /// A built image and the package cache it was built from.
@@ -57,42 +28,13 @@ pub struct Image {
     pub cache: PathBuf,
 }
 
-/// Builds images/debian-12.yaml (raw only) once per set of inputs: the
-/// spec, the bootpatch binary and the first-boot unit.
+/// The debian-12 image every VM test boots (overlays of it): the one
+/// build shared across test binaries (`images::built`).
 pub fn debian12_image() -> Image {
-    let spec = workspace().join("images/debian-12.yaml");
-    let unit = workspace().join("templates/systemd/bootpatch-firstboot.service");
-    let bin = crate::bootpatch_bin();
-    let key = sha256_hex(&[&spec, &unit, &bin]);
-    let dir = cache_dir().join("vm");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _lock = FileLock::take(&dir.join("image.lock"));
-    let out = dir.join(format!("debian-12-{key}"));
-    let cache = dir.join("debs");
-    if !out.join("disk.raw").exists() {
-        let bin_s = bin.to_string_lossy().into_owned();
-        let (spec_s, out_s, cache_s) = (
-            spec.to_string_lossy().into_owned(),
-            out.to_string_lossy().into_owned(),
-            cache.to_string_lossy().into_owned(),
-        );
-        sh(builder(&[
-            "build",
-            &spec_s,
-            "--out",
-            &out_s,
-            "--formats",
-            "raw",
-            "--cache",
-            &cache_s,
-            "--bootpatch",
-            &bin_s,
-            "--quiet",
-        ]));
-    }
+    let b = crate::images::built("debian-12");
     Image {
-        raw: out.join("disk.raw"),
-        cache,
+        raw: b.raw(),
+        cache: b.cache,
     }
 }
 
@@ -260,6 +202,17 @@ pub struct Guest {
     child: Child,
     pub serial: PathBuf,
     started: Instant,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How a guest starts: a cold boot, a boot that saves its running state
+/// when a text shows on the console, or a resume of such a state.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    Boot,
+    SaveAt { text: &'a str, dir: &'a Path },
+    Resume { dir: &'a Path },
 }
 
 impl Guest {
@@ -270,38 +223,82 @@ impl Guest {
         serial: &Path,
         timeout: Duration,
     ) -> Guest {
+        Guest::start_as(Start::Boot, disk, seed, extra, serial, timeout)
+    }
+
+    /// Starts `builder boot` as `how` says. A resume returns once the guest
+    /// runs again, so a test's clock starts where the saved one stopped.
+    pub fn start_as(
+        how: Start,
+        disk: &Path,
+        seed: &Path,
+        extra: Option<&Path>,
+        serial: &Path,
+        timeout: Duration,
+    ) -> Guest {
         use std::os::unix::process::CommandExt;
-        let (d, s, l) = (
-            disk.to_string_lossy().into_owned(),
-            seed.to_string_lossy().into_owned(),
-            serial.to_string_lossy().into_owned(),
-        );
-        let t = timeout.as_secs().to_string();
-        let mut args = vec![
-            "boot",
-            &d,
-            "--writable",
-            "--seed",
-            &s,
-            "--serial",
-            &l,
-            "--timeout",
-            &t,
-        ];
-        let e;
+        let mut c = Command::new(builder_bin());
+        c.current_dir(workspace())
+            .arg("boot")
+            .arg(disk)
+            .arg("--writable")
+            .arg("--seed")
+            .arg(seed)
+            .arg("--serial")
+            .arg(serial)
+            .arg("--timeout")
+            .arg(timeout.as_secs().to_string());
         if let Some(x) = extra {
-            e = x.to_string_lossy().into_owned();
-            args.extend(["--disk", &e]);
+            c.arg("--disk").arg(x);
         }
-        let mut c = builder(&args);
+        match how {
+            Start::Boot => {}
+            Start::SaveAt { text, dir } => {
+                c.arg("--until").arg(text).arg("--save-state").arg(dir);
+            }
+            Start::Resume { dir } => {
+                c.arg("--resume").arg(dir);
+            }
+        }
         c.process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        Guest {
-            child: c.spawn().expect("starting builder boot"),
+        let mut child = c.spawn().expect("starting builder boot");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut g = Guest {
+            child,
             serial: serial.to_path_buf(),
             started: Instant::now(),
+            stderr,
+            reader: Some(reader),
+        };
+        if let Start::Resume { .. } = how {
+            let t = Instant::now();
+            while !g.stderr.lock().unwrap().contains("builder boot: resumed") {
+                let exited = g.child.try_wait().unwrap().is_some();
+                assert!(
+                    !exited && t.elapsed() < Duration::from_secs(300),
+                    "the guest did not resume: {}",
+                    g.stderr.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            g.started = Instant::now();
         }
+        g
     }
 
     pub fn console(&self) -> String {
@@ -348,12 +345,22 @@ impl Guest {
     /// powered off (0) or timed out (124).
     pub fn wait(mut self) -> (i32, String) {
         let st = self.child.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
+        let err = self.stderr.lock().unwrap().clone();
         (st.code().unwrap_or(-1), err)
     }
+}
+
+/// A qcow2 overlay of a qcow2 disk (a saved guest's disk stays as it was,
+/// so every resume of its state starts from the same bytes).
+pub fn overlay_qcow2(base: &Path, out: &Path) {
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(out);
+    sh(c);
 }
 
 /// How many live processes have `text` in their command line.
