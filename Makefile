@@ -1,10 +1,11 @@
 # The two entry points of the README. Each installs what it needs first.
 #   make image   builds the default image (images/debian-12.yaml) into out/debian-12/
 #   make test    runs every test, as CI does (.ci/run)
+# One layer alone: make test-fast (no image build, no VM), make test-vm.
 
 SPEC ?= images/debian-12.yaml
 
-.PHONY: image test deps lint bootpatch bench-bootpatch bench-firstboot bench-builder
+.PHONY: image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -14,6 +15,13 @@ deps:
 bootpatch:
 	./scripts/build-bootpatch >/dev/null
 
+# The tests drive the release builder (the binary users run; hashing and
+# compressing whole images is slow unoptimised) and share the images it builds.
+builder-release:
+	cargo build --locked --release -q -p builder
+
+TEST_ENV = BOOTPATCH_BIN=$$(./scripts/build-bootpatch) BUILDER_BIN=$(CURDIR)/target/release/builder
+
 image: deps bootpatch
 	cargo run --locked --release -q -p builder -- build $(SPEC)
 
@@ -21,8 +29,15 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
-test: deps bootpatch lint
-	BOOTPATCH_BIN=$$(./scripts/build-bootpatch) cargo test --locked --workspace --no-fail-fast
+# Each test binary in turn, with its time (scripts/run-tests; table in target/test-times.txt).
+test: deps bootpatch builder-release lint
+	$(TEST_ENV) ./scripts/run-tests all
+
+test-fast: deps bootpatch builder-release lint
+	$(TEST_ENV) ./scripts/run-tests fast
+
+test-vm: deps bootpatch builder-release
+	$(TEST_ENV) ./scripts/run-tests vm
 
 bench-bootpatch: deps bootpatch
 	BOOTPATCH_BIN=$$(./scripts/build-bootpatch) cargo run --locked --release -q -p bootpatch-e2e --example bench_bootpatch
