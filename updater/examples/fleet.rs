@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use updater::agent::{Agent, AgentOptions};
 use updater::drain::Timing;
-use updater::kube_util::client_for_url;
+use updater::kube_util::client_for_kubeconfig;
 use updater::metrics::Metrics;
 use updater::node as ann;
 use updater::policy::MaxConcurrency;
@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
     server.write_kubeconfig("/tmp/fleet-kubeconfig")?;
     let kube = {
         let _g = rt.enter();
-        client_for_url(&server.url(), watch_timeout)?
+        client_for_kubeconfig(&server.kubeconfig(), watch_timeout)?
     };
     let mut hosts = HashMap::new();
     for n in &nodes {

@@ -104,27 +104,127 @@ fn build(
     })
 }
 
-/// A client for a plain-HTTP server URL that records every request it sends.
-pub fn recording_client_for_url(url: &str, watch_timeout: Duration) -> anyhow::Result<Kube> {
-    let uri: http::Uri = url.parse().with_context(|| format!("parsing {url}"))?;
-    let mut config = kube::Config::new(uri);
-    config.default_namespace = "default".into();
-    build(config, watch_timeout, Some(RequestLog::default()))
+/// Adds what a user needs to know to the errors whose cause is trust or credentials: a
+/// server certificate the CA does not vouch for, 401 (no token, or one that expired or was
+/// revoked) and 403 (RBAC forbids it).
+pub fn explain(e: anyhow::Error) -> anyhow::Error {
+    let code = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(r)) => Some(r.code),
+            _ => None,
+        });
+    // rustls's error sits inside an io::Error, whose source() skips it: match its text.
+    if code.is_none()
+        && e.chain()
+            .any(|c| c.to_string().contains("invalid peer certificate"))
+    {
+        return e.context(
+            "the server's certificate is not signed by the CA the kubeconfig names \
+             (certificate-authority or certificate-authority-data), or not for this address",
+        );
+    }
+    match code {
+        Some(401) => e.context(
+            "401 Unauthorized: the server did not accept the credentials \
+             (no token, or one that expired or was revoked)",
+        ),
+        Some(403) => e.context("403 Forbidden: RBAC does not allow this request"),
+        _ => e,
+    }
 }
 
-/// A client for a plain-HTTP server URL (tests, the benchmark).
-pub fn client_for_url(url: &str, watch_timeout: Duration) -> anyhow::Result<Kube> {
-    let uri: http::Uri = url.parse().with_context(|| format!("parsing {url}"))?;
-    let mut config = kube::Config::new(uri);
-    config.default_namespace = "default".into();
-    client_from_config(config, watch_timeout)
+/// The kube-rs config a kubeconfig document gives, read as kubectl reads it (cluster CA,
+/// bearer token or client certificate, exec plugins), with `default` as the namespace when the
+/// context names none.
+pub fn config_from_kubeconfig(yaml: &str) -> anyhow::Result<kube::Config> {
+    let kc = kube::config::Kubeconfig::from_yaml(yaml).context("parsing the kubeconfig")?;
+    // Nothing here waits on I/O except an exec credential plugin, which kube-rs runs
+    // synchronously; a plain executor keeps this usable from sync code and inside a runtime.
+    futures::executor::block_on(kube::Config::from_custom_kubeconfig(
+        kc,
+        &kube::config::KubeConfigOptions::default(),
+    ))
+    .context("loading the kubeconfig")
 }
 
-/// A client from the environment (in-cluster service account, or KUBECONFIG / ~/.kube/config).
-pub async fn client_infer(watch_timeout: Duration) -> anyhow::Result<Kube> {
-    let config = kube::Config::infer()
-        .await
-        .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;
+/// A client for a kubeconfig document that records every request it sends (tests).
+pub fn recording_client_for_kubeconfig(
+    yaml: &str,
+    watch_timeout: Duration,
+) -> anyhow::Result<Kube> {
+    build(
+        config_from_kubeconfig(yaml)?,
+        watch_timeout,
+        Some(RequestLog::default()),
+    )
+}
+
+/// A client for a kubeconfig document (tests, the benchmark).
+pub fn client_for_kubeconfig(yaml: &str, watch_timeout: Duration) -> anyhow::Result<Kube> {
+    client_from_config(config_from_kubeconfig(yaml)?, watch_timeout)
+}
+
+/// Where the agent finds the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentApi {
+    /// In a pod: the service address the kubelet puts in every pod's environment, and the
+    /// projected ServiceAccount token and CA.
+    InCluster,
+    /// Outside a pod (a developer's run): the kubeconfig KUBECONFIG names.
+    Kubeconfig(String),
+}
+
+/// Decides from the environment's values where the agent's API server is, or says which
+/// variables are missing.
+pub fn agent_api(
+    service_host: Option<&str>,
+    service_port: Option<&str>,
+    kubeconfig: Option<&str>,
+) -> anyhow::Result<AgentApi> {
+    let set = |v: Option<&str>| v.is_some_and(|v| !v.trim().is_empty());
+    match (set(service_host), set(service_port)) {
+        (true, true) => Ok(AgentApi::InCluster),
+        _ if set(kubeconfig) => Ok(AgentApi::Kubeconfig(kubeconfig.unwrap().to_string())),
+        (h, p) => {
+            let missing: Vec<&str> = [
+                (h, "KUBERNETES_SERVICE_HOST"),
+                (p, "KUBERNETES_SERVICE_PORT"),
+            ]
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, name)| name)
+            .collect();
+            anyhow::bail!(
+                "not running in a cluster: {} not set (the kubelet sets them in every pod); \
+                 outside a pod, set KUBECONFIG",
+                missing.join(" and ")
+            )
+        }
+    }
+}
+
+/// The agent's client. In a pod it uses the in-cluster config: HTTPS to
+/// KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT, verified against the ServiceAccount's
+/// `ca.crt`, with its projected token, which kube-rs re-reads from the file (bound tokens
+/// rotate) rather than keeping the first one for the life of the process.
+pub async fn client_for_agent(watch_timeout: Duration) -> anyhow::Result<Kube> {
+    let env = |k: &str| std::env::var(k).ok();
+    let config = match agent_api(
+        env("KUBERNETES_SERVICE_HOST").as_deref(),
+        env("KUBERNETES_SERVICE_PORT").as_deref(),
+        env("KUBECONFIG").as_deref(),
+    )? {
+        AgentApi::InCluster => kube::Config::incluster().context(
+            "reading the in-cluster config (KUBERNETES_SERVICE_HOST/PORT and \
+             /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace})",
+        )?,
+        AgentApi::Kubeconfig(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading KUBECONFIG {path}"))?;
+            config_from_kubeconfig(&text).with_context(|| format!("KUBECONFIG {path}"))?
+        }
+    };
     client_from_config(config, watch_timeout)
 }
 
@@ -281,5 +381,34 @@ pub fn api_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(r) => Some(r.code),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_api_from_the_environment() {
+        assert_eq!(
+            agent_api(Some("10.96.0.1"), Some("443"), None).unwrap(),
+            AgentApi::InCluster
+        );
+        assert_eq!(
+            agent_api(None, None, Some("/tmp/kc")).unwrap(),
+            AgentApi::Kubeconfig("/tmp/kc".into())
+        );
+        let e = agent_api(None, Some(""), None).unwrap_err().to_string();
+        assert!(
+            e.contains("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT not set"),
+            "{e}"
+        );
+        let e = agent_api(Some("10.96.0.1"), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KUBERNETES_SERVICE_PORT not set") && !e.contains("HOST"),
+            "{e}"
+        );
     }
 }

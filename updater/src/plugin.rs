@@ -23,6 +23,7 @@ use std::io::Write;
 pub struct Cli {
     /// Namespace of the updater (its patch policy and slots).
     #[arg(
+        short = 'n',
         long,
         global = true,
         default_value = "bootpatch-system",
@@ -38,6 +39,9 @@ pub struct Cli {
     /// Path to a kubeconfig (default: KUBECONFIG or ~/.kube/config, or in-cluster).
     #[arg(long, global = true)]
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -118,20 +122,28 @@ pub fn render_manifests(namespace: &str, image: &str) -> anyhow::Result<String> 
     Ok(out)
 }
 
-async fn client(cli: &Cli) -> anyhow::Result<Client> {
-    let config = match &cli.kubeconfig {
-        Some(p) => {
+/// The cluster as kubectl would find it: `--kubeconfig` (else KUBECONFIG, else
+/// ~/.kube/config, else in-cluster) and `--context` (else the current context).
+async fn load_config(cli: &Cli) -> anyhow::Result<kube::Config> {
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    match (&cli.kubeconfig, &cli.context) {
+        (Some(p), _) => {
             let kc = kube::config::Kubeconfig::read_from(p)
                 .with_context(|| format!("reading kubeconfig {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .context("loading kubeconfig")?
+                .with_context(|| format!("loading kubeconfig {}", p.display()))
         }
-        None => kube::Config::infer()
+        (None, Some(ctx)) => kube::Config::from_kubeconfig(&options)
             .await
-            .context("finding the cluster (kubeconfig)")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
+            .with_context(|| format!("loading context {ctx:?} from the kubeconfig")),
+        (None, None) => kube::Config::infer()
+            .await
+            .context("finding the cluster (kubeconfig)"),
+    }
 }
 
 /// Table rows for `status`.
@@ -222,7 +234,16 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         out.write_all(render_manifests(&cli.namespace, image)?.as_bytes())?;
         return Ok(());
     }
-    let client = client(&cli).await?;
+    let config = load_config(&cli).await?;
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    commands(&cli, client, out)
+        .await
+        .map_err(crate::kube_util::explain)
+        .with_context(|| format!("the API server at {server}"))
+}
+
+async fn commands(cli: &Cli, client: Client, out: &mut dyn Write) -> anyhow::Result<()> {
     let nodes_api: Api<Node> = Api::all(client.clone());
     match &cli.command {
         Command::Status { selector } => {

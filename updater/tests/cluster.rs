@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use updater::agent::{Agent, AgentOptions};
 use updater::cycle::Step;
-use updater::kube_util::client_for_url;
+use updater::kube_util::client_for_kubeconfig;
 use updater::node as ann;
 use updater::sim::SimulatedHost;
 
@@ -101,7 +101,7 @@ impl Fleet {
 
     fn start_with(&mut self, node: &str, opts: AgentOptions) {
         let _g = self.rt.enter();
-        let kube = client_for_url(&self.c.server.url(), opts.watch_timeout).unwrap();
+        let kube = client_for_kubeconfig(&self.c.server.kubeconfig(), opts.watch_timeout).unwrap();
         let agent = Agent::new(opts, kube, self.hosts[node].clone());
         let h = self.rt.spawn(async move {
             if let Err(e) = agent.run().await {

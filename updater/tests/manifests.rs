@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use updater::agent::{Agent, AgentOptions};
-use updater::kube_util::recording_client_for_url;
+use updater::kube_util::recording_client_for_kubeconfig;
 use updater::node as ann;
 use updater::sim::SimulatedHost;
 
@@ -189,7 +189,8 @@ fn rbac_rules_are_exactly_what_the_agents_use() {
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _g = rt.enter();
-    let kube = recording_client_for_url(&c.server.url(), Duration::from_secs(60)).unwrap();
+    let kube =
+        recording_client_for_kubeconfig(&c.server.kubeconfig(), Duration::from_secs(60)).unwrap();
     let mut handles = Vec::new();
     for n in ["node-1", "node-2"] {
         let mut o = AgentOptions::new(n);

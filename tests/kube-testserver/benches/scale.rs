@@ -57,7 +57,12 @@ fn main() {
 fn server_role() {
     let nodes = env_num("KTS_BENCH_NODES", 1000);
     let pods = env_num("KTS_BENCH_PODS", 30_000);
-    let server = TestServer::start(Options::default()).expect("starting server");
+    // Plain HTTP: this measures the store, watches and controllers, not TLS.
+    let server = TestServer::start(Options {
+        plain_http: true,
+        ..Options::default()
+    })
+    .expect("starting server");
     let t = Instant::now();
     server.add_nodes("node", nodes);
     let namespaces = 10;

@@ -1,6 +1,6 @@
 //! kube-testserver: test infrastructure, not a Kubernetes server. An in-memory API server over
 //! real HTTP that speaks the part of the Kubernetes API the project's updater and `kubectl
-//! drain` use: discovery, CRUD with optimistic concurrency, label/field selectors, watches,
+//! drain` use, over HTTPS with bearer-token authentication ([`auth`]): discovery, CRUD with optimistic concurrency, label/field selectors, watches,
 //! the three patch formats, graceful pod deletion, eviction with PodDisruptionBudgets, and small
 //! controllers (scheduler, kubelet, ReplicaSet/Deployment, DaemonSet, disruption) so that a
 //! drain migrates pods as a real cluster would.
@@ -14,6 +14,7 @@
 //! // kubectl --kubeconfig /tmp/kubeconfig drain node-1 ...
 //! ```
 
+pub mod auth;
 pub mod controllers;
 pub mod fixtures;
 pub mod patch;
@@ -55,6 +56,12 @@ pub struct Options {
     pub worker_threads: usize,
     /// Events queued per watch before it falls back to replaying the history.
     pub watch_queue: usize,
+    /// Serve plain HTTP with no authentication (the scale benchmark only; every test speaks
+    /// HTTPS with a token, as clients of a real API server do).
+    pub plain_http: bool,
+    /// Names (IP addresses or DNS names) the serving certificate is valid for, besides
+    /// loopback and `kubernetes.default.svc` (`auth::DEFAULT_SANS`).
+    pub extra_sans: Vec<String>,
 }
 
 impl Default for Options {
@@ -67,6 +74,8 @@ impl Default for Options {
             history_size: 10_000,
             worker_threads: 2,
             watch_queue: 1024,
+            plain_http: false,
+            extra_sans: Vec::new(),
         }
     }
 }
@@ -75,6 +84,8 @@ impl Default for Options {
 pub struct Shared {
     store: Mutex<Store>,
     pub bookmark_interval: Duration,
+    /// The tokens requests must carry; None serves everyone (plain HTTP).
+    pub tokens: Option<auth::Tokens>,
 }
 
 impl Shared {
@@ -89,6 +100,8 @@ impl Shared {
 pub struct TestServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    pki: Option<auth::Pki>,
+    admin_token: String,
     shutdown: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -115,7 +128,19 @@ impl TestServer {
                 watch_queue: opts.watch_queue.max(1),
             })),
             bookmark_interval: opts.bookmark_interval,
+            tokens: (!opts.plain_http).then(auth::Tokens::default),
         });
+        let pki = match opts.plain_http {
+            true => None,
+            false => Some(auth::generate(&opts.extra_sans).context("making the server's CA")?),
+        };
+        let admin_token = match &shared.tokens {
+            Some(t) => t.issue(auth::Identity::admin(), None),
+            None => String::new(),
+        };
+        let acceptor = pki
+            .as_ref()
+            .map(|p| tokio_rustls::TlsAcceptor::from(p.server_config.clone()));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(opts.worker_threads.max(1))
             .thread_name("kube-testserver")
@@ -128,13 +153,15 @@ impl TestServer {
         let thread = std::thread::Builder::new()
             .name("kube-testserver".into())
             .spawn(move || {
-                runtime.block_on(run(std_listener, sh, rx, interval));
+                runtime.block_on(run(std_listener, acceptor, sh, rx, interval));
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })
             .context("spawning the server thread")?;
         Ok(Self {
             addr,
             shared,
+            pki,
+            admin_token,
             shutdown: tx,
             thread: Some(thread),
         })
@@ -144,15 +171,69 @@ impl TestServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (`http://` with `plain_http`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A kubeconfig that points kubectl (or kube-rs) at this server, plain HTTP, no auth.
+    /// The CA certificate (PEM) clients must trust; None with `plain_http`.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.pki.as_ref().map(|p| p.ca_pem.as_str())
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_der(&self) -> Option<&[u8]> {
+        self.pki.as_ref().map(|p| p.ca_der.as_slice())
+    }
+
+    /// The token of the admin kubeconfig (member of `system:masters`).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Issues a bearer token for a ServiceAccount (what a projected token volume holds),
+    /// valid for `ttl` or, with None, for the server's life.
+    pub fn issue_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        ttl: Option<Duration>,
+    ) -> String {
+        match &self.shared.tokens {
+            Some(t) => t.issue(auth::Identity::service_account(namespace, name), ttl),
+            None => String::new(),
+        }
+    }
+
+    /// Withdraws a token issued by this server.
+    pub fn revoke_token(&self, token: &str) {
+        if let Some(t) = &self.shared.tokens {
+            t.revoke(token);
+        }
+    }
+
+    /// A kubeconfig that points kubectl (or kube-rs) at this server as its admin: the CA
+    /// inline and the admin token (plain HTTP and no user with `plain_http`).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for_token(&self.admin_token)
+    }
+
+    /// A kubeconfig whose user presents `token` (e.g. a ServiceAccount's).
+    pub fn kubeconfig_for_token(&self, token: &str) -> String {
+        use base64::Engine as _;
+        let (ca, user) = match &self.pki {
+            Some(p) => (
+                format!(
+                    "    certificate-authority-data: {}\n",
+                    base64::engine::general_purpose::STANDARD.encode(&p.ca_pem)
+                ),
+                format!("\n    token: {token}\n"),
+            ),
+            None => (String::new(), " {}\n".to_string()),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-testserver\n  cluster:\n    server: {}\ncontexts:\n- name: kube-testserver\n  context:\n    cluster: kube-testserver\n    user: tester\n    namespace: default\ncurrent-context: kube-testserver\nusers:\n- name: tester\n  user: {{}}\npreferences: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-testserver\n  cluster:\n    server: {}\n{ca}contexts:\n- name: kube-testserver\n  context:\n    cluster: kube-testserver\n    user: tester\n    namespace: default\ncurrent-context: kube-testserver\nusers:\n- name: tester\n  user:{user}preferences: {{}}\n",
             self.url()
         )
     }
@@ -281,6 +362,7 @@ impl Drop for TestServer {
 /// Serves until shutdown: the accept loop and the controller loop.
 async fn run(
     listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
@@ -314,13 +396,24 @@ async fn run(
                 let _ = stream.set_nodelay(true);
                 let sh = shared.clone();
                 let sd = shutdown.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         server::handle(req, sh.clone(), sd.clone())
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        // A failed handshake (a client that does not trust our CA) just
+                        // closes the connection, as the apiserver does.
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
             _ = shutdown.changed() => break,

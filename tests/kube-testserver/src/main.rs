@@ -5,7 +5,12 @@ use kube_testserver::{Options, TestServer};
 use std::time::Duration;
 
 const USAGE: &str = "usage: kube-testserver --listen 127.0.0.1:PORT --kubeconfig-out FILE \
-[--pod-start-delay-ms N] [--seed-nodes N] [--seed-pods-per-node N]";
+[--pod-start-delay-ms N] [--seed-nodes N] [--seed-pods-per-node N] [--extra-san NAME]... \
+[--plain-http]
+
+Serves HTTPS with a CA made for this run; the kubeconfig holds the CA and an admin token.
+--extra-san adds a name or IP address to the serving certificate; --plain-http serves plain
+HTTP without authentication (benchmarks only).";
 
 fn main() {
     if let Err(e) = run() {
@@ -29,6 +34,8 @@ fn run() -> anyhow::Result<()> {
             }
             "--seed-nodes" => nodes = val()?.parse()?,
             "--seed-pods-per-node" => pods_per_node = val()?.parse()?,
+            "--extra-san" => opts.extra_sans.push(val()?),
+            "--plain-http" => opts.plain_http = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());

@@ -124,6 +124,21 @@ pub async fn handle(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
+    if let Some(tokens) = &shared.tokens {
+        let authorization = parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        // The apiserver says no more than this, whatever the reason (none, unknown, expired).
+        if tokens.authenticate(authorization).is_err() {
+            return Ok(error_resp(&ApiError::new(
+                401,
+                "Unauthorized",
+                "Unauthorized",
+            )));
+        }
+    }
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {

@@ -19,12 +19,48 @@ fn start() -> TestServer {
     .expect("starting server")
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and parsed JSON body.
-fn call(s: &TestServer, method: &str, path: &str, ct: &str, body: &Value) -> (u16, Value) {
-    let mut stream = TcpStream::connect(s.addr()).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+/// A TLS connection to the server that trusts exactly its CA.
+type Conn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect(s: &TestServer) -> Conn {
+    let tcp = TcpStream::connect(s.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            s.ca_der().expect("an HTTPS server").to_vec(),
+        ))
         .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// One HTTP/1.1 request with `Connection: close`, as the admin; returns status and parsed
+/// JSON body.
+fn call(s: &TestServer, method: &str, path: &str, ct: &str, body: &Value) -> (u16, Value) {
+    call_as(s, Some(s.admin_token()), method, path, ct, body)
+}
+
+fn call_as(
+    s: &TestServer,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let mut stream = connect(s);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let body = if body.is_null() {
         Vec::new()
     } else {
@@ -32,7 +68,7 @@ fn call(s: &TestServer, method: &str, path: &str, ct: &str, body: &Value) -> (u1
     };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Accept: application/json\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -54,7 +90,7 @@ fn get(s: &TestServer, path: &str) -> (u16, Value) {
     call(s, "GET", path, "application/json", &Value::Null)
 }
 
-fn read_head(r: &mut BufReader<TcpStream>) -> (u16, bool) {
+fn read_head(r: &mut BufReader<Conn>) -> (u16, bool) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let code = line.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -75,7 +111,7 @@ fn read_head(r: &mut BufReader<TcpStream>) -> (u16, bool) {
     (code, chunked)
 }
 
-fn read_chunk(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+fn read_chunk(r: &mut BufReader<Conn>) -> Option<Vec<u8>> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -89,19 +125,17 @@ fn read_chunk(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
 
 /// A streaming watch: yields events one by one, each within a timeout.
 struct Watch {
-    r: BufReader<TcpStream>,
+    r: BufReader<Conn>,
     pending: Vec<u8>,
 }
 
 impl Watch {
     fn open(s: &TestServer, path: &str) -> Self {
-        let mut stream = TcpStream::connect(s.addr()).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut stream = connect(s);
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n\r\n",
+            s.admin_token()
         )
         .unwrap();
         let mut r = BufReader::new(stream);
@@ -737,4 +771,36 @@ fn a_watch_that_falls_behind_catches_up_from_the_history() {
     }
     let want: Vec<String> = (0..100).map(|i| format!("c{i:03}")).collect();
     assert_eq!(names, want, "every event once, in order");
+}
+
+/// Without a live token the server answers the apiserver's 401, whatever the reason; a
+/// ServiceAccount token works until it expires or is revoked.
+#[test]
+fn requests_need_a_live_token() {
+    let s = start();
+    let nodes_as = |token: Option<&str>| {
+        call_as(
+            &s,
+            token,
+            "GET",
+            "/api/v1/nodes",
+            "application/json",
+            &Value::Null,
+        )
+    };
+    let unauthorized = |(code, body): (u16, Value)| {
+        assert_eq!(code, 401, "{body}");
+        assert_eq!(body["reason"], "Unauthorized", "{body}");
+        assert_eq!(body["message"], "Unauthorized", "{body}");
+    };
+    unauthorized(nodes_as(None));
+    unauthorized(nodes_as(Some("made-up")));
+    let sa = s.issue_service_account_token("bootpatch-system", "bootpatch-updater", None);
+    assert_eq!(nodes_as(Some(&sa)).0, 200);
+    s.revoke_token(&sa);
+    unauthorized(nodes_as(Some(&sa)));
+    let short = s.issue_service_account_token("ns", "x", Some(Duration::from_millis(50)));
+    assert_eq!(nodes_as(Some(&short)).0, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    unauthorized(nodes_as(Some(&short)));
 }

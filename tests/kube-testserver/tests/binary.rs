@@ -34,7 +34,8 @@ fn binary_serves_kubectl() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let text = std::fs::read_to_string(&kc).unwrap();
-    assert!(text.contains("server: http://127.0.0.1:"));
+    assert!(text.contains("server: https://127.0.0.1:"), "{text}");
+    assert!(text.contains("certificate-authority-data: ") && text.contains("token: "));
     assert!(!text.contains(":0\n"), "the real port, not 0");
     let out = Command::new("kubectl")
         .arg("--kubeconfig")

@@ -5,10 +5,10 @@
 mod common;
 
 use common::Cluster;
-use kube_testserver::fixtures;
 use kube_testserver::resources::{CONFIGMAPS, NODES, PDBS, PODS};
 use kube_testserver::store::{DeleteOpts, PatchType};
 use kube_testserver::util;
+use kube_testserver::{fixtures, Options, TestServer};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -607,4 +607,65 @@ fn drain_skip_wait_for_delete_timeout_skips_stuck_terminating_pods() {
     assert!(o.took < Duration::from_secs(10));
     let pod = c.server.get(&PODS, "default", "stuck").unwrap();
     assert!(util::path(&pod, "metadata.deletionTimestamp").is_some());
+}
+
+fn kubectl_with(kubeconfig: &str, dir: &std::path::Path, name: &str) -> std::process::Output {
+    let path = dir.join(name);
+    std::fs::write(&path, kubeconfig).unwrap();
+    std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(["get", "nodes", "-o", "name", "--request-timeout=10s"])
+        .output()
+        .expect("running kubectl")
+}
+
+/// The judge on transport security: kubectl works with the kubeconfig the server writes
+/// (HTTPS, the CA inline, a token), fails with a certificate error when it trusts another
+/// CA, and is refused with 401 with a token the server does not know.
+#[test]
+fn kubectl_needs_the_servers_ca_and_a_token() {
+    let c = Cluster::start();
+    c.server.add_node("node-1").unwrap();
+    let text = std::fs::read_to_string(&c.kubeconfig).unwrap();
+    assert!(text.contains("server: https://"), "{text}");
+    let ok = kubectl_with(&text, &c.dir, "good");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "node/node-1");
+
+    let other = TestServer::start(Options::default()).unwrap();
+    let ca_line = |kc: &str| {
+        kc.lines()
+            .find(|l| l.contains("certificate-authority-data:"))
+            .unwrap()
+            .to_string()
+    };
+    let wrong_ca = text.replace(&ca_line(&text), &ca_line(&other.kubeconfig()));
+    let o = kubectl_with(&wrong_ca, &c.dir, "wrong-ca");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    // kubectl says "Unable to connect to the server: tls: failed to verify certificate".
+    assert!(
+        err.contains("Unable to connect to the server")
+            && err.contains("certificate signed by unknown authority"),
+        "{err}"
+    );
+
+    // (A kubeconfig user with no credentials at all makes kubectl prompt for a password;
+    // the server's side of "no credentials" is a token it does not know.)
+    let token = c
+        .server
+        .issue_service_account_token("default", "gone", None);
+    c.server.revoke_token(&token);
+    let o = kubectl_with(&c.server.kubeconfig_for_token(&token), &c.dir, "revoked");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("You must be logged in to the server (Unauthorized)"),
+        "{err}"
+    );
 }

@@ -67,7 +67,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.drain_policy_namespace = args.drain_policy_namespace.unwrap_or(args.namespace);
     opts.patch_policy_name = args.patch_policy;
     opts.lease_duration = Duration::from_secs(args.lease_seconds.max(5));
-    let kube = updater::kube_util::client_infer(opts.watch_timeout).await?;
+    let kube = updater::kube_util::client_for_agent(opts.watch_timeout).await?;
     let host = Arc::new(updater::host::RealHost {
         root: args.host_root,
         bootpatch: args.bootpatch,

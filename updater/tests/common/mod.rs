@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use updater::kube_util::{client_for_url, Kube};
+use updater::kube_util::{client_for_kubeconfig, Kube};
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
@@ -50,7 +50,7 @@ impl Cluster {
     }
 
     pub fn kube(&self) -> Kube {
-        client_for_url(&self.server.url(), Duration::from_secs(60)).expect("client")
+        client_for_kubeconfig(&self.server.kubeconfig(), Duration::from_secs(60)).expect("client")
     }
 
     /// Runs the real kubectl against the server; kills it (its own pid) after `timeout`.
