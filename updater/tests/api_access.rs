@@ -130,16 +130,35 @@ fn plugin_errors_name_the_server_and_the_cause() {
         );
     }
 
-    // A ServiceAccount's own token works.
+    // A ServiceAccount's token is accepted; what it may do is RBAC's to say: 403 until a
+    // ClusterRole lets it list nodes.
     let sa = c
         .server
         .issue_service_account_token("bootpatch-system", "operator", None);
-    let (code, _, err) = ospatch(
-        &c.server.kubeconfig_for_token(&sa),
-        c.dir.path(),
-        "sa",
-        &["status"],
+    let kc = c.server.kubeconfig_for_token(&sa);
+    let (code, _, err) = ospatch(&kc, c.dir.path(), "sa", &["status"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("403 Forbidden: RBAC does not allow this request")
+            && err.contains(
+                "User \"system:serviceaccount:bootpatch-system:operator\" cannot list resource \"nodes\""
+            ),
+        "{err}"
     );
+    c.server
+        .apply(
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole", "metadata": {"name": "node-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]}),
+        )
+        .unwrap();
+    c.server
+        .apply(serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding", "metadata": {"name": "operator-reads-nodes"},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": "bootpatch-system"}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-reader"}}))
+        .unwrap();
+    let (code, _, err) = ospatch(&kc, c.dir.path(), "sa", &["status"]);
     assert_eq!(code, 0, "{err}");
 }
 

@@ -1,7 +1,9 @@
 //! The install manifests: rendered by `kubectl ospatch manifests`, applied with the real
 //! `kubectl` to the test API server, read back; the ConfigMaps parse with the agent's own
 //! parsers; and the RBAC rules are exactly the verbs and resources the agents used in a run
-//! (recorded request by request, with SIMULATED host actions).
+//! (recorded request by request, with SIMULATED host actions), acting as the DaemonSet's
+//! ServiceAccount under the shipped RBAC, which the test server enforces: without any one
+//! rule, a request the agents sent is refused with 403.
 
 mod common;
 
@@ -189,8 +191,15 @@ fn rbac_rules_are_exactly_what_the_agents_use() {
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _g = rt.enter();
-    let kube =
-        recording_client_for_kubeconfig(&c.server.kubeconfig(), Duration::from_secs(60)).unwrap();
+    // The agents act as the DaemonSet's ServiceAccount, under the shipped RBAC only.
+    let token = c
+        .server
+        .issue_service_account_token(NS, "bootpatch-updater", None);
+    let kube = recording_client_for_kubeconfig(
+        &c.server.kubeconfig_for_token(&token),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     let mut handles = Vec::new();
     for n in ["node-1", "node-2"] {
         let mut o = AgentOptions::new(n);
@@ -295,4 +304,58 @@ fn rbac_rules_are_exactly_what_the_agents_use() {
         "used vs granted; log: {:#?}",
         kube.log.as_ref().unwrap().lock().unwrap()
     );
+
+    // Least privilege, by behaviour: without any one granted (group, resource, verb), the
+    // first request the agents sent that needed it is refused with 403.
+    let log = kube.log.as_ref().unwrap().lock().unwrap().clone();
+    let cluster_role = c
+        .server
+        .get(&CLUSTERROLES, "", "bootpatch-updater")
+        .unwrap();
+    let role = c.server.get(&ROLES, NS, "bootpatch-updater").unwrap();
+    let without = |obj: &Value, gone: &(String, String, String)| {
+        let mut o = obj.clone();
+        o["rules"] = rules(obj)
+            .into_iter()
+            .filter(|t| t != gone)
+            .map(|(g, r, v)| json!({"apiGroups": [g], "resources": [r], "verbs": [v]}))
+            .collect();
+        o
+    };
+    let put_roles = |mut cr: Value, mut r: Value| {
+        // Unconditional updates: no resourceVersion to conflict on.
+        for o in [&mut cr, &mut r] {
+            o["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("resourceVersion");
+        }
+        c.server.with_store(|s| {
+            s.update(&CLUSTERROLES, "", "bootpatch-updater", cr, false, false)
+                .unwrap();
+            s.update(&ROLES, NS, "bootpatch-updater", r, false, false)
+                .unwrap();
+        });
+    };
+    for gone in &granted {
+        put_roles(without(&cluster_role, gone), without(&role, gone));
+        let line = log.iter().find(|l| rbac_of(l) == *gone).unwrap();
+        let (method, uri) = line.split_once(' ').unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Vec::new())
+            .unwrap();
+        let answer = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), kube.client.request_text(req)).await
+        });
+        match answer {
+            Ok(Err(kube::Error::Api(e))) => assert!(
+                e.code == 403 && e.message.contains(&format!("cannot {}", gone.2)),
+                "without {gone:?}, {line} should be forbidden: {e:?}"
+            ),
+            other => panic!("without {gone:?}, {line} should be forbidden: {other:?}"),
+        }
+    }
+    put_roles(cluster_role, role);
 }

@@ -4,7 +4,7 @@
 //! for; a request without a live token gets the apiserver's 401. Plain HTTP without
 //! authentication is an explicit option for the scale benchmark only.
 //!
-//! Not here: authorization (which identity may do what) and client certificates.
+//! Not here: authorization (which identity may do what: `rbac`) and client certificates.
 
 use anyhow::Context as _;
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! kube-testserver: test infrastructure, not a Kubernetes server. An in-memory API server over
 //! real HTTP that speaks the part of the Kubernetes API the project's updater and `kubectl
-//! drain` use, over HTTPS with bearer-token authentication ([`auth`]): discovery, CRUD with optimistic concurrency, label/field selectors, watches,
+//! drain` use, over HTTPS with bearer-token authentication ([`auth`]) and RBAC ([`rbac`]):
+//! discovery, CRUD with optimistic concurrency, label/field selectors, watches,
 //! the three patch formats, graceful pod deletion, eviction with PodDisruptionBudgets, and small
 //! controllers (scheduler, kubelet, ReplicaSet/Deployment, DaemonSet, disruption) so that a
 //! drain migrates pods as a real cluster would.
@@ -19,6 +20,7 @@ pub mod controllers;
 pub mod fixtures;
 pub mod patch;
 pub mod proto;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod server;

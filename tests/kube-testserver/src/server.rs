@@ -93,6 +93,7 @@ struct Req {
     content_type: String,
     body: Bytes,
     host: String,
+    identity: Option<crate::auth::Identity>,
 }
 
 impl Req {
@@ -124,6 +125,8 @@ pub async fn handle(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
+    // Who asks; None on a plain-HTTP server, which authorizes everything.
+    let mut identity = None;
     if let Some(tokens) = &shared.tokens {
         let authorization = parts
             .headers
@@ -131,12 +134,15 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         // The apiserver says no more than this, whatever the reason (none, unknown, expired).
-        if tokens.authenticate(authorization).is_err() {
-            return Ok(error_resp(&ApiError::new(
-                401,
-                "Unauthorized",
-                "Unauthorized",
-            )));
+        match tokens.authenticate(authorization) {
+            Ok(who) => identity = Some(who),
+            Err(_) => {
+                return Ok(error_resp(&ApiError::new(
+                    401,
+                    "Unauthorized",
+                    "Unauthorized",
+                )))
+            }
         }
     }
     let body = match body.collect().await {
@@ -162,6 +168,7 @@ pub async fn handle(
         content_type: header("content-type"),
         host: header("host"),
         body,
+        identity,
     };
     let path = parts.uri.path().to_string();
     let resp = route(&path, r, shared, shutdown).unwrap_or_else(|e| error_resp(&e));
@@ -241,6 +248,55 @@ fn route(
     }
 }
 
+/// Refuses, with the apiserver's 403, a request RBAC does not allow its identity. Runs before
+/// the body is read, so a refused request changes nothing.
+fn authorize(r: &Req, t: &Target, legacy_watch: bool, shared: &Shared) -> Result<(), ApiError> {
+    let Some(who) = &r.identity else {
+        return Ok(());
+    };
+    let watch = legacy_watch || truthy(&r.query, "watch");
+    let (def, namespace, name, subresource, verb) = match *t {
+        Target::Collection(def, ns) => {
+            let verb = match r.method {
+                Method::GET if watch => "watch",
+                Method::GET => "list",
+                Method::POST => "create",
+                Method::DELETE => "deletecollection",
+                // Not a verb of any rule: the route answers 405.
+                _ => return Ok(()),
+            };
+            (def, ns.unwrap_or(""), None, None, verb)
+        }
+        Target::Item(def, ns, name, sub) => {
+            let verb = match r.method {
+                Method::GET if watch => "watch",
+                Method::GET => "get",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                Method::POST => "create",
+                _ => return Ok(()),
+            };
+            // A namespace's own name is its scope.
+            let scope = if *def == NAMESPACES { name } else { ns };
+            (def, scope, Some(name), sub, verb)
+        }
+    };
+    let a = crate::rbac::Attributes {
+        verb,
+        group: def.group,
+        resource: def.plural,
+        subresource,
+        namespace,
+        name,
+    };
+    if crate::rbac::allowed(&shared.lock(), who, &a) {
+        Ok(())
+    } else {
+        Err(crate::rbac::forbidden(def, who, &a))
+    }
+}
+
 /// Where a request under a group/version points.
 enum Target<'a> {
     Collection(&'static ResourceDef, Option<&'a str>),
@@ -280,7 +336,9 @@ fn resource(
         ["watch", tail @ ..] => (tail, true),
         _ => (rest, false),
     };
-    match target(group, version, rest)? {
+    let t = target(group, version, rest)?;
+    authorize(r, &t, legacy_watch, &shared)?;
+    match t {
         Target::Collection(def, ns) => match r.method {
             Method::GET => {
                 let filter = filter_from(r, ns)?;

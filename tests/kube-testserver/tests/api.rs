@@ -774,7 +774,8 @@ fn a_watch_that_falls_behind_catches_up_from_the_history() {
 }
 
 /// Without a live token the server answers the apiserver's 401, whatever the reason; a
-/// ServiceAccount token works until it expires or is revoked.
+/// ServiceAccount token works (here for discovery, which RBAC leaves open) until it expires or
+/// is revoked.
 #[test]
 fn requests_need_a_live_token() {
     let s = start();
@@ -783,7 +784,7 @@ fn requests_need_a_live_token() {
             &s,
             token,
             "GET",
-            "/api/v1/nodes",
+            "/api/v1",
             "application/json",
             &Value::Null,
         )
@@ -803,4 +804,109 @@ fn requests_need_a_live_token() {
     assert_eq!(nodes_as(Some(&short)).0, 200);
     std::thread::sleep(Duration::from_millis(100));
     unauthorized(nodes_as(Some(&short)));
+}
+
+/// RBAC, judged request by request: a ServiceAccount with no bindings is refused with the
+/// apiserver's 403 message; a Role bound in one namespace grants there only; a ClusterRole
+/// bound cluster-wide grants everywhere, subresources only when named.
+#[test]
+fn rbac_decides_for_service_accounts() {
+    let s = start();
+    s.add_node("node-1").unwrap();
+    s.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}))
+        .unwrap();
+    let sa = s.issue_service_account_token("team", "reader", None);
+    let as_sa = |method: &str, path: &str, body: &Value| {
+        call_as(&s, Some(&sa), method, path, "application/json", body)
+    };
+    let none = Value::Null;
+    let (code, body) = as_sa("GET", "/api/v1/nodes/node-1", &none);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(
+        body["message"],
+        "nodes \"node-1\" is forbidden: User \"system:serviceaccount:team:reader\" cannot get \
+         resource \"nodes\" in API group \"\" at the cluster scope"
+    );
+    // Discovery stays open to every authenticated user.
+    assert_eq!(as_sa("GET", "/api/v1", &none).0, 200);
+
+    let role = |kind: &str, ns: &str, rules: Value| {
+        let mut meta = json!({"name": "reader"});
+        if !ns.is_empty() {
+            meta["namespace"] = json!(ns);
+        }
+        s.apply(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": meta, "rules": rules}),
+        )
+        .unwrap();
+    };
+    let binding = |kind: &str, ns: &str, role_kind: &str| {
+        let mut meta = json!({"name": "reader"});
+        if !ns.is_empty() {
+            meta["namespace"] = json!(ns);
+        }
+        s.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": meta,
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "team"}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": "reader"}}))
+            .unwrap();
+    };
+    role(
+        "Role",
+        "team",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create"]}]),
+    );
+    binding("RoleBinding", "team", "Role");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+    assert_eq!(
+        as_sa("POST", "/api/v1/namespaces/team/configmaps", &cm).0,
+        201
+    );
+    assert_eq!(
+        as_sa("GET", "/api/v1/namespaces/team/configmaps", &none).0,
+        200
+    );
+    let (code, body) = as_sa("GET", "/api/v1/namespaces/default/configmaps", &none);
+    assert_eq!(code, 403);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("in the namespace \"default\""),
+        "{body}"
+    );
+    // Refused before the body is read: nothing is deleted.
+    assert_eq!(
+        as_sa("DELETE", "/api/v1/namespaces/team/configmaps/x", &none).0,
+        403
+    );
+    assert!(s
+        .get(&kube_testserver::resources::CONFIGMAPS, "team", "x")
+        .is_some());
+
+    role(
+        "ClusterRole",
+        "",
+        json!([{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list"]}]),
+    );
+    binding("ClusterRoleBinding", "", "ClusterRole");
+    assert_eq!(as_sa("GET", "/api/v1/nodes/node-1", &none).0, 200);
+    s.apply(fixtures::pod("default", "web-1", "node-1"))
+        .unwrap();
+    let (code, body) = as_sa(
+        "POST",
+        "/api/v1/namespaces/default/pods/web-1/eviction",
+        &json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-1"}}),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot create resource \"pods/eviction\""),
+        "{body}"
+    );
+    assert!(s.get(&PODS, "default", "web-1").is_some(), "not evicted");
 }
