@@ -433,7 +433,10 @@ mod tests {
             .collect();
         let data = [("drain".to_string(), block)].into_iter().collect();
         let (c, w) = policy::parse_agent_config(&data).unwrap();
-        assert_eq!(c, policy::AgentConfig::default());
-        assert!(w.is_empty());
+        // The shipped values that can drain a real node (see configmaps.yaml), not the
+        // parser's defaults.
+        assert!(c.drain.ignore_daemon_sets && c.drain.delete_local_data && !c.drain.force);
+        assert_eq!(c.drain.timeout, std::time::Duration::from_secs(600));
+        assert!(w.is_empty(), "{w:?}");
     }
 }

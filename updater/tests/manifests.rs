@@ -44,6 +44,7 @@ fn apply_manifests(c: &Cluster) {
     assert_eq!(o.code, 0, "kubectl apply: {o:?}");
     for what in [
         "namespace/bootpatch-system",
+        "priorityclass.scheduling.k8s.io/bootpatch-system-agent",
         "serviceaccount/bootpatch-updater",
         "clusterrole.rbac.authorization.k8s.io/bootpatch-updater",
         "clusterrolebinding.rbac.authorization.k8s.io/bootpatch-updater",
@@ -92,12 +93,29 @@ fn rendered_manifests_apply_with_kubectl_and_hold_the_defaults() {
             .unwrap(),
     ))
     .unwrap();
+    // Values that can drain a real node, which the reference page's defaults cannot (every
+    // node runs DaemonSet pods); the parser's defaults stay the page's.
+    let mut shipped = updater::policy::AgentConfig::default();
+    assert!(!shipped.drain.ignore_daemon_sets && !shipped.drain.delete_local_data);
+    shipped.drain.ignore_daemon_sets = true;
+    shipped.drain.delete_local_data = true;
+    shipped.drain.timeout = Duration::from_secs(600);
+    assert_eq!(cfg, shipped);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let ns = c
+        .server
+        .get(&kube_testserver::resources::NAMESPACES, "", NS)
+        .unwrap();
     assert_eq!(
-        cfg,
-        updater::policy::AgentConfig::default(),
-        "the reference page's defaults"
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
     );
-    assert!(warnings.is_empty());
+    let pc = format!("{NS}-agent");
+    assert_eq!(spec["priorityClassName"], pc.as_str());
+    assert!(c
+        .server
+        .get(&kube_testserver::resources::PRIORITYCLASSES, "", &pc)
+        .is_some());
     let p = updater::policy::parse_patch_policy(&data(
         &c.server
             .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")

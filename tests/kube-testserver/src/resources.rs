@@ -137,8 +137,7 @@ pub const SERVICEACCOUNTS: ResourceDef = def!(
     &["sa"],
     false
 );
-// RBAC objects are stored and served only (nothing is authorized against them), so install
-// manifests can be applied with kubectl.
+// RBAC objects: stored, served, and enforced for every identity but the admin (`rbac`).
 pub const CLUSTERROLES: ResourceDef = def!(
     "rbac.authorization.k8s.io",
     "v1",
@@ -179,9 +178,21 @@ pub const ROLEBINDINGS: ResourceDef = def!(
     &[],
     false
 );
+// Stored and served only (the scheduler here does not preempt), so install manifests that
+// bring their own PriorityClass apply with kubectl.
+pub const PRIORITYCLASSES: ResourceDef = def!(
+    "scheduling.k8s.io",
+    "v1",
+    "priorityclasses",
+    "priorityclass",
+    "PriorityClass",
+    false,
+    &["pc"],
+    false
+);
 
 /// Every served type, in a fixed order (the index is the type's id).
-pub const ALL: [ResourceDef; 15] = [
+pub const ALL: [ResourceDef; 16] = [
     NAMESPACES,
     NODES,
     PODS,
@@ -197,6 +208,7 @@ pub const ALL: [ResourceDef; 15] = [
     CLUSTERROLEBINDINGS,
     ROLES,
     ROLEBINDINGS,
+    PRIORITYCLASSES,
 ];
 
 /// Index of a type in [`ALL`].
@@ -218,11 +230,12 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceDef> {
         .find(|d| d.kind == kind && d.api_version() == api_version)
 }
 
-const GROUPS: [(&str, &str); 4] = [
+const GROUPS: [(&str, &str); 5] = [
     ("apps", "v1"),
     ("coordination.k8s.io", "v1"),
     ("policy", "v1"),
     ("rbac.authorization.k8s.io", "v1"),
+    ("scheduling.k8s.io", "v1"),
 ];
 
 /// `GET /api`.
