@@ -17,7 +17,7 @@ use crate::state::{
     self, FirstBoot, PackageChange, RebootPending, RebootRecord, Run, RunError, State,
 };
 use crate::time::{now_unix, rfc3339};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,10 @@ impl RebootPolicy {
     }
 }
 
-/// What `apply` reports (and prints with `--json`).
-#[derive(Debug, Clone, Serialize)]
+/// What `apply` reports (and prints with `--json`). The updater reads it with this same
+/// type, strictly: a field renamed here fails there loudly instead of reading as empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApplyReport {
     /// `patched`, `up-to-date`, `dry-run`.
     pub result: String,
@@ -77,9 +79,9 @@ pub struct ApplyReport {
     pub reboot_required: bool,
     pub reboot_packages: Vec<String>,
     pub rebooted: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_pending_reason: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
 

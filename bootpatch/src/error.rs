@@ -18,6 +18,25 @@ pub mod exit {
     pub const STATE: i32 = 9;
     /// `check`: patches are available (as `dnf check-update`).
     pub const PATCHES_AVAILABLE: i32 = 100;
+
+    /// The stable label of an exit code: the `kind` of the error that exits with it (the
+    /// state file's `error.kind`, the updater's `last-result` and metrics).
+    pub fn label(code: i32) -> &'static str {
+        match code {
+            OK => "ok",
+            INTERNAL => "io",
+            USAGE => "usage",
+            CONFIG => "config",
+            LOCK_TIMEOUT => "lock-timeout",
+            MIRROR_UNREACHABLE => "mirror-unreachable",
+            VERIFICATION => "verification",
+            PACKAGE => "package",
+            UNSUPPORTED => "unsupported",
+            STATE => "state",
+            PATCHES_AVAILABLE => "patches-available",
+            _ => "failed",
+        }
+    }
 }
 
 #[derive(Debug)]

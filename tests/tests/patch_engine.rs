@@ -142,6 +142,14 @@ fn patches_available_are_applied_and_recorded() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["result"], "patched");
+    // The updater reads this very report with bootpatch's own type, strictly.
+    let typed = updater::host::parse_apply_report(&String::from_utf8_lossy(&out.stdout))
+        .expect("the updater parses a real report");
+    assert_eq!(typed.result, "patched");
+    assert_eq!(
+        typed.patched_version_after,
+        r["patched_version_after"].as_str().unwrap()
+    );
     assert_eq!(
         n.root.version_of("bootpatch-fixture-tool").as_deref(),
         Some("2.0")

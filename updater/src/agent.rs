@@ -1054,8 +1054,11 @@ impl Agent {
             nodeann::REBOOT_REQUIRED,
             Some(report.reboot_required.to_string()),
         )];
-        if let Some(v) = &report.patched_version_after {
-            extra.push((nodeann::PATCHED_VERSION, Some(v.clone())));
+        if !report.patched_version_after.is_empty() {
+            extra.push((
+                nodeann::PATCHED_VERSION,
+                Some(report.patched_version_after.clone()),
+            ));
         }
         if report.reboot_required && allowed {
             let boot = self.host.boot_id()?;

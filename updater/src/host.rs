@@ -4,51 +4,42 @@
 //! itself.
 
 use anyhow::Context as _;
-use serde::Deserialize;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-/// `bootpatch apply --json`'s report (the fields the agent uses).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct ApplyReport {
-    pub result: String,
-    pub patched_version_before: Option<String>,
-    pub patched_version_after: Option<String>,
-    pub packages: Vec<serde_json::Value>,
-    pub reboot_required: bool,
-    pub reboot_packages: Vec<String>,
-    pub rebooted: bool,
-    pub reboot_pending_reason: Option<String>,
-}
+/// `bootpatch apply --json`'s report: bootpatch's own type, so the two cannot drift apart.
+pub use bootpatch::engine::ApplyReport;
 
-/// bootpatch's exit codes (README), as a stable label.
-pub fn exit_code_label(code: i32) -> &'static str {
-    match code {
-        0 => "ok",
-        1 => "io",
-        2 => "usage",
-        3 => "config",
-        4 => "lock-timeout",
-        5 => "mirror-unreachable",
-        6 => "verification",
-        7 => "package",
-        8 => "unsupported",
-        9 => "state",
-        _ => "failed",
-    }
-}
+/// bootpatch's exit codes (README) as stable labels: bootpatch's own table.
+pub use bootpatch::error::exit::label as exit_code_label;
 
-/// Parses `bootpatch apply --json` output: the last line that is a JSON object.
+/// Parses `bootpatch apply --json` output: the last JSON object on stdout that starts at the
+/// beginning of a line (bootpatch pretty-prints it over many lines; anything before it, such
+/// as a wrapper's own output, is skipped).
 pub fn parse_apply_report(stdout: &str) -> anyhow::Result<ApplyReport> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .map(str::to_string)
-        .unwrap_or_else(|| stdout.trim().to_string());
-    serde_json::from_str(&line).with_context(|| format!("parsing bootpatch's JSON report {line:?}"))
+    let mut starts: Vec<usize> = Vec::new();
+    let mut at = 0;
+    for line in stdout.split_inclusive('\n') {
+        if line.starts_with('{') {
+            starts.push(at);
+        }
+        at += line.len();
+    }
+    let mut last_err = None;
+    for &start in starts.iter().rev() {
+        let mut values = serde_json::Deserializer::from_str(&stdout[start..]).into_iter();
+        match values.next() {
+            Some(Ok(report)) => return Ok(report),
+            Some(Err(e)) => last_err = Some(e),
+            None => {}
+        }
+    }
+    let shown = crate::kube_util::tail_chars(stdout.trim(), 2000);
+    match last_err {
+        Some(e) => Err(e).with_context(|| format!("parsing bootpatch's JSON report {shown:?}")),
+        None => anyhow::bail!("bootpatch printed no JSON report: {shown:?}"),
+    }
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -189,13 +180,27 @@ mod tests {
 
     #[test]
     fn parses_a_bootpatch_report() {
-        let out = r#"{"result":"patched","patched_version_before":"12.10","patched_version_after":"12.11","packages":[{"name":"base-files","from":"12.4+deb12u10","to":"12.4+deb12u11"}],"reboot_required":true,"reboot_packages":["linux-image-amd64"],"rebooted":false,"reboot_pending_reason":"--no-reboot given"}"#;
+        let out = r#"{"result":"patched","os":{"family":"debian","id":"debian","stream":"12","patched_version":"12.10","name":"Debian GNU/Linux 12 (bookworm)"},"patched_version_before":"12.10","patched_version_after":"12.11","packages":[{"name":"base-files","from":"12.4+deb12u10","to":"12.4+deb12u11"}],"kept_back":[],"reboot_required":true,"reboot_packages":["linux-image-amd64"],"rebooted":false,"reboot_pending_reason":"--no-reboot given"}"#;
         let r = parse_apply_report(out).unwrap();
         assert_eq!(r.result, "patched");
-        assert_eq!(r.patched_version_after.as_deref(), Some("12.11"));
+        assert_eq!(r.patched_version_after, "12.11");
+        // A renamed field is an error, not a silent default.
+        let renamed = out.replace("\"reboot_required\"", "\"needs_reboot\"");
+        assert!(parse_apply_report(&renamed).is_err());
+        assert_eq!(exit_code_label(5), "mirror-unreachable");
         assert!(r.reboot_required && !r.rebooted);
         assert_eq!(r.reboot_packages, ["linux-image-amd64"]);
         assert!(parse_apply_report("not json").is_err());
+        // As bootpatch prints it: pretty, over many lines, maybe after other output.
+        let pretty = serde_json::to_string_pretty(&r).unwrap();
+        assert_eq!(parse_apply_report(&pretty).unwrap(), r);
+        assert_eq!(
+            parse_apply_report(&format!(
+                "Running as unit: bootpatch-apply.service\n{pretty}\n"
+            ))
+            .unwrap(),
+            r
+        );
     }
 
     #[test]

@@ -104,6 +104,16 @@ fn build(
     })
 }
 
+/// The last `max` bytes of `s` (on a char boundary): the end of an output is where its
+/// cause is.
+pub fn tail_chars(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
 /// Adds what a user needs to know to the errors whose cause is trust or credentials: a
 /// server certificate the CA does not vouch for, 401 (no token, or one that expired or was
 /// revoked) and 403 (RBAC forbids it).

@@ -100,15 +100,26 @@ impl HostActions for SimulatedHost {
             }
             Ok(ApplyReport {
                 result: "patched".into(),
-                patched_version_before: before,
-                patched_version_after: Some(after),
+                os: bootpatch::os::OsInfo {
+                    family: bootpatch::os::Family::Debian,
+                    id: "debian".into(),
+                    stream: "12".into(),
+                    patched_version: after.clone(),
+                    name: "Debian GNU/Linux 12 (bookworm)".into(),
+                },
+                patched_version_before: before.unwrap_or_default(),
+                patched_version_after: after,
+                packages: vec![],
+                kept_back: vec![],
                 reboot_required: self.reboot_required,
                 reboot_packages: if self.reboot_required {
                     vec!["linux-image-amd64".into()]
                 } else {
                     vec![]
                 },
-                ..ApplyReport::default()
+                rebooted: false,
+                reboot_pending_reason: None,
+                notes: vec![],
             })
         })
     }
