@@ -5,7 +5,7 @@
 
 SPEC ?= images/debian-12.yaml
 
-.PHONY: image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder
+.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -16,14 +16,22 @@ bootpatch:
 	./scripts/build-bootpatch >/dev/null
 
 # The tests drive the release builder (the binary users run; hashing and
-# compressing whole images is slow unoptimised) and share the images it builds.
+# compressing whole images is slow unoptimised) and share the images it builds;
+# the agent image test packs the static agent (scripts/build-agent).
 builder-release:
 	cargo build --locked --release -q -p builder
 
-TEST_ENV = BOOTPATCH_BIN=$$(./scripts/build-bootpatch) BUILDER_BIN=$(CURDIR)/target/release/builder
+TEST_ENV = BOOTPATCH_BIN=$$(./scripts/build-bootpatch) BUILDER_BIN=$(CURDIR)/target/release/builder \
+	AGENT_BIN=$$(./scripts/build-agent)
 
 image: deps bootpatch
 	cargo run --locked --release -q -p builder -- build $(SPEC)
+
+# The updater agent's OCI image archive (static binary, one layer), and its digest beside it.
+AGENT_IMAGE ?= out/agent-image/bootpatch-updater.oci.tar
+agent-image: builder-release
+	./scripts/build-agent >/dev/null
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) ./target/release/builder agent-image --agent $$(./scripts/build-agent) --out $(AGENT_IMAGE)
 
 lint:
 	cargo fmt --all -- --check

@@ -27,6 +27,21 @@ pub enum Command {
     Render(RenderArgs),
     /// Make a NoCloud `cidata` seed volume
     Seed(SeedArgs),
+    /// Pack the static updater agent into an OCI image archive (no daemon, no network)
+    AgentImage(AgentImageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentImageArgs {
+    /// The static bootpatch-updater binary (scripts/build-agent)
+    #[arg(long)]
+    pub agent: PathBuf,
+    /// The archive to write (an OCI layout in a tar); its digest goes to FILE.digest
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The tag recorded in the archive's index (default: the version)
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -263,17 +263,22 @@ fn tar_checksum(h: &mut [u8; 512]) {
 
 /// A ustar header for a plain file.
 pub fn ustar_header(name: &str, size: u64, mtime: u64) -> Result<[u8; 512]> {
+    tar_header(name, size, mtime, 0o644, b'0')
+}
+
+/// A ustar header owned by root: `kind` b'0' for a file, b'5' for a directory.
+pub fn tar_header(name: &str, size: u64, mtime: u64, mode: u32, kind: u8) -> Result<[u8; 512]> {
     if name.len() > 100 {
         bail!("tar member name too long: {name}");
     }
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
-    octal(&mut h[100..108], 0o644);
+    octal(&mut h[100..108], mode as u64);
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
     octal(&mut h[124..136], size);
     octal(&mut h[136..148], mtime);
-    h[156] = b'0';
+    h[156] = kind;
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
     h[265..269].copy_from_slice(b"root");

@@ -14,6 +14,7 @@ pub mod hash;
 pub mod hostapt;
 pub mod lock;
 pub mod manifest;
+pub mod oci;
 pub mod progress;
 pub mod qmp;
 pub mod render;

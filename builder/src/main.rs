@@ -9,6 +9,7 @@ fn main() {
         Command::Boot(a) => builder::boot::run(a),
         Command::Render(a) => builder::render::run(a),
         Command::Seed(a) => builder::seed::run(a),
+        Command::AgentImage(a) => builder::oci::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -49,7 +49,8 @@ if [ "$codename" = bookworm ] && ! grep -qs "bookworm-backports" /etc/apt/source
     need_update=1
 fi
 
-pkgs="mmdebstrap e2fsprogs mtools dosfstools fdisk ovmf qemu-utils apt-utils dpkg-dev xorriso gzip tar diffutils"
+# skopeo and umoci: independent readers of the agent's OCI image archive (tests).
+pkgs="mmdebstrap e2fsprogs mtools dosfstools fdisk ovmf qemu-utils apt-utils dpkg-dev xorriso gzip tar diffutils skopeo umoci"
 missing=""
 for p in $pkgs qemu-system-x86; do
     dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
