@@ -329,6 +329,15 @@ pub fn hygiene(root: &Path, h: &crate::spec::Hygiene) -> Result<Vec<String>> {
         empty_dir("var/lib/apt/lists/partial", &[], &mut done)?;
         empty_dir("var/cache/apt/archives", &["partial", "lock"], &mut done)?;
         empty_dir("var/cache/apt/archives/partial", &[], &mut done)?;
+        // mmdebstrap's sync-in copied these from the host's package cache with their times:
+        // without this, the image would carry the cache's age, and a build with a warm
+        // cache would differ from a locked rebuild of it.
+        for kept in [
+            "var/cache/apt/archives/partial",
+            "var/cache/apt/archives/lock",
+        ] {
+            touch_now(&root.join(kept))?;
+        }
         for f in [
             "var/cache/apt/pkgcache.bin",
             "var/cache/apt/srcpkgcache.bin",
@@ -405,6 +414,32 @@ pub fn walk(root: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Gives an entry the current time (then clamped to the epoch like everything the build
+/// made). A missing entry is fine.
+fn touch_now(p: &Path) -> Result<()> {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    if p.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let t = Timespec {
+        tv_sec: now.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    utimensat(
+        CWD,
+        p,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("setting times of {}", p.display()))
 }
 
 /// Sets access and modification times of every entry to min(mtime, epoch),

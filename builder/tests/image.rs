@@ -380,22 +380,37 @@ fn check_formats(dir: &Path) {
 
 fn check_verify_catches_a_flipped_byte(dir: &Path) {
     assert!(builder(&["verify", dir.to_str().unwrap()]).status.success());
-    let ova = dir.join("disk.ova");
+    // The image is shared with other tests and later runs: flip the byte in a copy of the
+    // OVA, beside hard links to the other artifacts, never in the image itself.
+    let copy = scratch().join("verify-copy");
+    let _ = fs::remove_dir_all(&copy);
+    fs::create_dir_all(&copy).unwrap();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let to = copy.join(e.file_name());
+        if e.file_name() == "disk.ova" {
+            fs::copy(e.path(), &to).unwrap();
+        } else {
+            fs::hard_link(e.path(), &to).unwrap();
+        }
+    }
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&ova)
+        .open(copy.join("disk.ova"))
         .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 4096).unwrap();
     f.write_all_at(&[b[0] ^ 0x01], 4096).unwrap();
-    let o = builder(&["verify", dir.to_str().unwrap()]);
-    f.write_all_at(&b, 4096).unwrap();
+    let o = builder(&["verify", copy.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("CHANGED  disk.ova"), "{out}");
     assert!(!out.contains("CHANGED  disk.raw"), "{out}");
-    assert!(builder(&["verify", dir.to_str().unwrap()]).status.success());
+    f.write_all_at(&b, 4096).unwrap();
+    assert!(builder(&["verify", copy.to_str().unwrap()])
+        .status
+        .success());
+    fs::remove_dir_all(&copy).unwrap();
 }
 
 #[test]
