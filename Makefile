@@ -5,7 +5,7 @@
 
 SPEC ?= images/debian-12.yaml
 
-.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder
+.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder bench-firmware
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -55,3 +55,7 @@ bench-firstboot: deps bootpatch
 
 bench-builder: deps bootpatch
 	sh scripts/bench-builder.sh
+
+# Build time of the hybrid GRUB loader against systemd-boot, and boot time under each firmware.
+bench-firmware: deps bootpatch
+	sh scripts/bench-firmware.sh

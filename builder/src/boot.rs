@@ -1,5 +1,7 @@
-//! `builder boot DISK`: boots an image under QEMU (TCG, OVMF UEFI firmware)
-//! with the serial console captured, until the guest powers off, the
+//! `builder boot DISK`: boots an image under QEMU (TCG) with the serial
+//! console captured, under the firmware `--firmware` names (UEFI by
+//! default, SeaBIOS, or OVMF with Secure Boot enforced and Microsoft's keys
+//! enrolled, as the clouds' Trusted Launch / Shielded VM firmware has them), until the guest powers off, the
 //! `--until` text shows on the console, or the timeout passes. The disk is
 //! opened with `snapshot=on` (booting never changes a built artifact) unless
 //! `--writable` asks to keep the guest's writes, as tests that boot a node
@@ -24,6 +26,39 @@ use std::time::{Duration, Instant};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// Variables with Microsoft's KEK and db enrolled, Secure Boot on.
+const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// The firmware a guest boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS, QEMU's default).
+    Bios,
+    /// UEFI (OVMF) without Secure Boot.
+    Uefi,
+    /// UEFI with Secure Boot enforced and Microsoft's keys enrolled.
+    Secureboot,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::Secureboot => "secureboot",
+        }
+    }
+
+    /// OVMF's code and variable template, for UEFI firmwares.
+    fn ovmf(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Firmware::Bios => None,
+            Firmware::Uefi => Some((OVMF_CODE, OVMF_VARS)),
+            Firmware::Secureboot => Some((OVMF_CODE_SECBOOT, OVMF_VARS_MS)),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -73,9 +108,12 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         "qemu-system-x86_64",
         "qemu-system-x86 (scripts/deps/builder.sh)",
     )?;
-    for f in [OVMF_CODE, OVMF_VARS] {
-        if !Path::new(f).exists() {
-            bail!("{f} not found: install ovmf (scripts/deps/builder.sh)");
+    let ovmf = a.firmware.ovmf();
+    if let Some((code, vars)) = ovmf {
+        for f in [code, vars] {
+            if !Path::new(f).exists() {
+                bail!("{f} not found: install ovmf (scripts/deps/builder.sh)");
+            }
         }
     }
     if !a.disk.exists() {
@@ -83,22 +121,31 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
     }
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
     let vars = scratch.path().join("OVMF_VARS.fd");
-    let vars_from = match &a.resume {
-        Some(dir) => {
-            for f in [STATE_FILE, VARS_FILE] {
-                if !dir.join(f).is_file() {
-                    bail!(
-                        "{} has no {f}: not a state saved by builder boot --save-state",
-                        dir.display()
-                    );
-                }
-            }
-            dir.join(VARS_FILE)
+    if let Some(dir) = &a.resume {
+        if !dir.join(STATE_FILE).is_file() {
+            bail!(
+                "{} has no {STATE_FILE}: not a state saved by builder boot --save-state",
+                dir.display()
+            );
         }
-        None => PathBuf::from(OVMF_VARS),
-    };
-    fs::copy(&vars_from, &vars)
-        .with_context(|| format!("copying the variable store {}", vars_from.display()))?;
+        let saved = fs::read_to_string(dir.join(FIRMWARE_FILE)).unwrap_or_default();
+        if saved.trim() != a.firmware.name() {
+            bail!(
+                "{} was saved under firmware {:?}; resume it with --firmware {}",
+                dir.display(),
+                saved.trim(),
+                saved.trim()
+            );
+        }
+    }
+    if let Some((_, template)) = ovmf {
+        let vars_from = match &a.resume {
+            Some(dir) => dir.join(VARS_FILE),
+            None => PathBuf::from(template),
+        };
+        fs::copy(&vars_from, &vars)
+            .with_context(|| format!("copying the variable store {}", vars_from.display()))?;
+    }
     let serial: PathBuf = a
         .serial
         .clone()
@@ -106,8 +153,13 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
     fs::write(&serial, b"").with_context(|| format!("creating {}", serial.display()))?;
 
     let mut q = Command::new("qemu-system-x86_64");
+    // Secure Boot firmware keeps its variables in SMM, out of the OS's reach.
+    let machine = match a.firmware {
+        Firmware::Secureboot => "q35,smm=on",
+        _ => "q35",
+    };
     q.args([
-        "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2",
+        "-machine", machine, "-accel", "tcg", "-cpu", "max", "-smp", "2",
     ])
     .args(["-m", &a.memory.to_string()])
     .args([
@@ -117,16 +169,21 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         "none",
         "-nic",
         "none",
-    ])
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-    ))
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ));
+    ]);
+    if let Some((code, _)) = ovmf {
+        if a.firmware == Firmware::Secureboot {
+            q.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
+        q.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
     let fmt = drive_format(&a.disk)?;
     let extra_opt = if fmt == "vpc" {
         ",force_size_calc=current_size"
@@ -215,7 +272,7 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
             if let Some(m) = &a.until {
                 if window.contains(m.as_str()) {
                     if let (Some(dir), Some(qmp)) = (&a.save_state, qmp.as_mut()) {
-                        save_state(qmp, dir, &vars)?;
+                        save_state(qmp, dir, ovmf.map(|_| vars.as_path()), a.firmware)?;
                         let _ = child.wait();
                     }
                     break Outcome::MarkerSeen;
@@ -251,11 +308,12 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
 
 const STATE_FILE: &str = "state";
 const VARS_FILE: &str = "OVMF_VARS.fd";
+const FIRMWARE_FILE: &str = "firmware";
 
 /// Pauses the guest, writes its state and a copy of its variable store into
 /// `dir` (the state last, under a temporary name until complete), and
 /// quits QEMU. A paused guest writes nothing more to its disks.
-fn save_state(qmp: &mut Qmp, dir: &Path, vars: &Path) -> Result<()> {
+fn save_state(qmp: &mut Qmp, dir: &Path, vars: Option<&Path>, fw: Firmware) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = dir.join(format!("{STATE_FILE}.partial"));
     let _ = fs::remove_file(dir.join(STATE_FILE));
@@ -269,7 +327,10 @@ fn save_state(qmp: &mut Qmp, dir: &Path, vars: &Path) -> Result<()> {
         Duration::from_secs(300),
         crate::qmp::migration_done,
     )?;
-    fs::copy(vars, dir.join(VARS_FILE)).context("saving the variable store")?;
+    if let Some(vars) = vars {
+        fs::copy(vars, dir.join(VARS_FILE)).context("saving the variable store")?;
+    }
+    fs::write(dir.join(FIRMWARE_FILE), fw.name())?;
     fs::rename(&partial, dir.join(STATE_FILE))
         .with_context(|| format!("publishing {}", dir.join(STATE_FILE).display()))?;
     // QEMU closes the monitor as it quits, before or after answering.

@@ -273,71 +273,111 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
         }
     })?;
 
-    let layout = Layout::new(&name, spec.disk.size.0, spec.disk.esp_size.0);
+    let loader = spec.boot.loader;
+    let layout = Layout::new(
+        &name,
+        spec.disk.size.0,
+        spec.disk.esp_size.0,
+        loader == spec::Loader::Grub,
+    );
+    let root_fs_uuid = disk::derived_uuid(&name, "root-fs");
 
     // ---- node files, lock, hygiene
-    let (lock_out, point_release, kernel, root_paths) = p.step("node files and hygiene", || {
-        rootfs::install_node_files(
-            &root,
-            &rootfs::NodeFiles {
-                bootpatch_binary: &bootpatch_bin,
-                firstboot_unit: &repo_path("templates/systemd/bootpatch-firstboot.service"),
-                bootpatch_config: &loaded.bootpatch_config,
-                sources: &sources,
-                root_partuuid: &layout.root.guid,
-                esp_partuuid: &layout.esp.guid,
-            },
-        )?;
-        let installed = rootfs::installed_packages(&root)?;
-        let lock_out = match &lock_in {
-            Some(l) => {
-                rootfs::check_against_lock(&installed, l)?;
-                l.clone()
+    let (lock_out, point_release, kernel, grub, drivers, root_paths) =
+        p.step("node files and hygiene", || {
+            rootfs::install_node_files(
+                &root,
+                &rootfs::NodeFiles {
+                    bootpatch_binary: &bootpatch_bin,
+                    firstboot_unit: &repo_path("templates/systemd/bootpatch-firstboot.service"),
+                    bootpatch_config: &loaded.bootpatch_config,
+                    sources: &sources,
+                    root_partuuid: &layout.root.guid,
+                    esp_partuuid: &layout.esp.guid,
+                    loader,
+                },
+            )?;
+            let installed = rootfs::installed_packages(&root)?;
+            let lock_out = match &lock_in {
+                Some(l) => {
+                    rootfs::check_against_lock(&installed, l)?;
+                    l.clone()
+                }
+                None => lock::make(
+                    &installed,
+                    &cache,
+                    &name,
+                    &spec.os.suite,
+                    &spec.architecture,
+                    epoch,
+                    &sources,
+                )?
+                .with_auto_installed(&rootfs::auto_installed(&root)?),
+            };
+            rootfs::write_auto_installed(&root, &lock_out.auto_installed())?;
+            let cleaned = rootfs::hygiene(&root, &spec.hygiene)?;
+            if p.mode() == Mode::Json {
+                p.json(json!({"event": "hygiene", "actions": cleaned}));
             }
-            None => lock::make(
-                &installed,
-                &cache,
-                &name,
-                &spec.os.suite,
-                &spec.architecture,
-                epoch,
-                &sources,
-            )?
-            .with_auto_installed(&rootfs::auto_installed(&root)?),
-        };
-        rootfs::write_auto_installed(&root, &lock_out.auto_installed())?;
-        let cleaned = rootfs::hygiene(&root, &spec.hygiene)?;
-        if p.mode() == Mode::Json {
-            p.json(json!({"event": "hygiene", "actions": cleaned}));
-        }
-        let point_release = rootfs::point_release(&root)?;
-        let kernel = rootfs::newest_kernel(&root)?;
-        let paths = rootfs::walk(&root)?;
-        rootfs::clamp_times(&root, &paths, epoch)?;
-        Ok((lock_out, point_release, kernel, paths))
-    })?;
+            let point_release = rootfs::point_release(&root)?;
+            let kernel = rootfs::newest_kernel(&root)?;
+            let grub = match loader {
+                spec::Loader::Grub => Some(crate::grub::prepare(
+                    &root,
+                    &crate::grub::Setup {
+                        family: spec.os.family,
+                        kernel: &kernel,
+                        root_fs_uuid: &root_fs_uuid,
+                        root_partuuid: &layout.root.guid,
+                        cmdline: &spec.boot.cmdline,
+                        title: &title(spec),
+                    },
+                )?),
+                spec::Loader::SystemdBoot => None,
+            };
+            let drivers = manifest::Drivers {
+                virtio_scsi: rootfs::kernel_has_driver(&root, &kernel, "virtio_scsi")?,
+                gve: rootfs::kernel_has_driver(&root, &kernel, "gve")?,
+            };
+            let paths = rootfs::walk(&root)?;
+            rootfs::clamp_times(&root, &paths, epoch)?;
+            Ok((lock_out, point_release, kernel, grub, drivers, paths))
+        })?;
 
     // ---- disk
     let raw = staging.join(Format::Raw.file_name());
     p.step("disk (GPT, ESP, ext4)", || {
-        let options = format!(
-            "root=PARTUUID={} rootfstype=ext4 {}",
-            layout.root.guid, spec.boot.cmdline
-        );
+        let (esp, bios) = match grub {
+            Some(g) => (
+                disk::EspContent { files: g.esp },
+                Some(disk::BiosStage {
+                    boot_img: g.boot_img,
+                    core_img: g.core_img,
+                }),
+            ),
+            None => (
+                disk::EspContent::systemd_boot(
+                    root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+                    root.join(format!("boot/vmlinuz-{kernel}")),
+                    root.join(format!("boot/initrd.img-{kernel}")),
+                    &name,
+                    &title(spec),
+                    &format!(
+                        "root=PARTUUID={} rootfstype=ext4 {}",
+                        layout.root.guid, spec.boot.cmdline
+                    ),
+                ),
+                None,
+            ),
+        };
         disk::build(
             &disk::DiskInputs {
                 path: &raw,
                 layout: &layout,
                 root_dir: &root,
                 root_paths: &root_paths,
-                esp: &disk::EspContent {
-                    systemd_boot: root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
-                    kernel: root.join(format!("boot/vmlinuz-{kernel}")),
-                    initrd: root.join(format!("boot/initrd.img-{kernel}")),
-                    entry_name: name.clone(),
-                    title: title(spec),
-                    options,
-                },
+                esp: &esp,
+                bios: bios.as_ref(),
                 image: &name,
                 epoch,
                 work: &work,
@@ -359,6 +399,7 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 title: &title(spec),
                 epoch,
                 vhd_uuid: uuid,
+                secure_boot: spec.boot.secure_boot(),
             },
             p,
         )
@@ -402,8 +443,9 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 disk_guid: layout.disk_guid.clone(),
                 esp_partuuid: layout.esp.guid.clone(),
                 root_partuuid: layout.root.guid.clone(),
-                root_fs_uuid: disk::derived_uuid(&name, "root-fs"),
+                root_fs_uuid: root_fs_uuid.clone(),
             },
+            boot: manifest::BootInfo::new(loader, spec.boot.secure_boot(), &drivers),
             artifacts: artifacts.clone(),
             timings: p
                 .timings()

@@ -110,6 +110,10 @@ pub struct BootArgs {
     /// hold what it held when the state was saved)
     #[arg(long, value_name = "DIR", conflicts_with = "save_state")]
     pub resume: Option<PathBuf>,
+    /// bios: SeaBIOS; uefi: OVMF; secureboot: OVMF with Secure Boot enforced
+    /// and Microsoft's keys enrolled (q35 with SMM)
+    #[arg(long, value_enum, default_value_t = crate::boot::Firmware::Uefi)]
+    pub firmware: crate::boot::Firmware,
 }
 
 #[derive(Args, Debug)]

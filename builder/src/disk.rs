@@ -1,7 +1,9 @@
 //! The bootable disk, built inside one sparse image file: a GPT written by
-//! this module, an EFI system partition filled with mtools (systemd-boot,
-//! kernel, initrd, loader entry) and an ext4 root filled by `mkfs.ext4 -d`,
-//! both at their partition offsets. No loop device, no mount, no VM.
+//! this module, for GRUB a BIOS boot partition holding GRUB's BIOS stage
+//! (see [`crate::grub`]), an EFI system partition filled with mtools (shim
+//! and GRUB, or systemd-boot with the kernel) and an ext4 root filled by
+//! `mkfs.ext4 -d`, each at its partition offset. No loop device, no mount,
+//! no VM.
 //!
 //! Every identifier (disk GUID, partition GUIDs, file system UUID, hash
 //! seed, FAT serial) is derived from the spec name, and every time stamp from
@@ -79,21 +81,36 @@ pub struct Partition {
 pub struct Layout {
     pub size: u64,
     pub disk_guid: String,
+    /// GRUB's BIOS stage (partition 1 when there is one).
+    pub bios_boot: Option<Partition>,
     pub esp: Partition,
     pub root: Partition,
 }
 
+/// Size of the BIOS boot partition: GRUB's core.img is well under 100 KiB;
+/// 1 MiB keeps everything after it aligned.
+pub const BIOS_BOOT_SIZE: u64 = MIB;
+
 impl Layout {
-    /// ESP from 1 MiB, root after it up to 1 MiB before the end (room for
-    /// the backup GPT), all 1 MiB aligned.
-    pub fn new(image: &str, size: u64, esp_size: u64) -> Layout {
-        let esp_first = MIB / SECTOR;
+    /// From 1 MiB: the BIOS boot partition if asked for, the ESP, then the
+    /// root up to 1 MiB before the end (room for the backup GPT), all 1 MiB
+    /// aligned. The root is last, so cloud-init's growpart can grow it.
+    pub fn new(image: &str, size: u64, esp_size: u64, bios_boot: bool) -> Layout {
+        let bios = bios_boot.then(|| Partition {
+            type_guid: crate::grub::BIOS_BOOT_TYPE.into(),
+            guid: derived_uuid(image, "bios-boot"),
+            name: "BIOS boot".into(),
+            first_lba: MIB / SECTOR,
+            last_lba: (MIB + BIOS_BOOT_SIZE) / SECTOR - 1,
+        });
+        let esp_first = bios.as_ref().map_or(MIB / SECTOR, |b| b.last_lba + 1);
         let esp_last = esp_first + esp_size / SECTOR - 1;
         let root_first = esp_last + 1;
         let root_last = (size - MIB) / SECTOR - 1;
         Layout {
             size,
             disk_guid: derived_uuid(image, "disk"),
+            bios_boot: bios,
             esp: Partition {
                 type_guid: ESP_TYPE.into(),
                 guid: derived_uuid(image, "esp"),
@@ -109,6 +126,16 @@ impl Layout {
                 last_lba: root_last,
             },
         }
+    }
+}
+
+impl Layout {
+    /// The partitions in table (and disk) order.
+    pub fn partitions(&self) -> Vec<&Partition> {
+        self.bios_boot
+            .iter()
+            .chain([&self.esp, &self.root])
+            .collect()
     }
 }
 
@@ -139,14 +166,14 @@ pub fn gpt_writes(l: &Layout) -> Result<Vec<(u64, Vec<u8>)>> {
     let last_lba = total_lba - 1;
     let first_usable = 2 + GPT_ARRAY_SECTORS;
     let last_usable = last_lba - 1 - GPT_ARRAY_SECTORS;
-    for p in [&l.esp, &l.root] {
+    for p in l.partitions() {
         if p.first_lba < first_usable || p.last_lba > last_usable || p.first_lba > p.last_lba {
             bail!("partition {} does not fit the disk", p.name);
         }
     }
 
     let mut array = vec![0u8; (GPT_ENTRIES * GPT_ENTRY_SIZE) as usize];
-    for (i, p) in [&l.esp, &l.root].iter().enumerate() {
+    for (i, p) in l.partitions().iter().enumerate() {
         let e = &mut array[i * 128..(i + 1) * 128];
         e[0..16].copy_from_slice(&guid_bytes(&p.type_guid)?);
         e[16..32].copy_from_slice(&guid_bytes(&p.guid)?);
@@ -198,14 +225,63 @@ pub fn gpt_writes(l: &Layout) -> Result<Vec<(u64, Vec<u8>)>> {
     ])
 }
 
-/// What goes on the ESP.
+/// Where an ESP file's bytes come from.
+pub enum EspSource {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// What goes on the ESP: files by their path there.
 pub struct EspContent {
-    pub systemd_boot: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub entry_name: String,
-    pub title: String,
-    pub options: String,
+    pub files: Vec<(String, EspSource)>,
+}
+
+impl EspContent {
+    /// systemd-boot, the kernel and initrd, and one loader entry.
+    pub fn systemd_boot(
+        systemd_boot: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        entry_name: &str,
+        title: &str,
+        options: &str,
+    ) -> EspContent {
+        EspContent {
+            files: vec![
+                (
+                    "EFI/BOOT/BOOTX64.EFI".into(),
+                    EspSource::File(systemd_boot.clone()),
+                ),
+                (
+                    "EFI/systemd/systemd-bootx64.efi".into(),
+                    EspSource::File(systemd_boot),
+                ),
+                ("vmlinuz".into(), EspSource::File(kernel)),
+                ("initrd.img".into(), EspSource::File(initrd)),
+                (
+                    "loader/loader.conf".into(),
+                    EspSource::Bytes(
+                        format!("default {entry_name}.conf\ntimeout 0\neditor no\n").into_bytes(),
+                    ),
+                ),
+                (
+                    format!("loader/entries/{entry_name}.conf"),
+                    EspSource::Bytes(
+                        format!(
+                            "title {title}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {options}\n"
+                        )
+                        .into_bytes(),
+                    ),
+                ),
+            ],
+        }
+    }
+}
+
+/// GRUB's BIOS stage, for a layout with a BIOS boot partition.
+pub struct BiosStage {
+    pub boot_img: Vec<u8>,
+    pub core_img: Vec<u8>,
 }
 
 /// The inputs of a disk build.
@@ -217,6 +293,7 @@ pub struct DiskInputs<'a> {
     pub root_dir: &'a Path,
     pub root_paths: &'a [PathBuf],
     pub esp: &'a EspContent,
+    pub bios: Option<&'a BiosStage>,
     /// The image name, the source of every derived identifier.
     pub image: &'a str,
     pub epoch: u64,
@@ -232,6 +309,7 @@ pub fn build(d: &DiskInputs, progress: &crate::progress::Progress) -> Result<()>
         root_dir,
         root_paths,
         esp,
+        bios,
         image,
         epoch,
         work,
@@ -251,7 +329,20 @@ pub fn build(d: &DiskInputs, progress: &crate::progress::Progress) -> Result<()>
     make_esp(path, layout, esp, image, epoch, work)?;
 
     let f = fs::OpenOptions::new().write(true).open(path)?;
-    for (off, bytes) in gpt_writes(layout)? {
+    let mut writes = gpt_writes(layout)?;
+    match (bios, &layout.bios_boot) {
+        (Some(stage), Some(part)) => {
+            progress.status("GRUB BIOS stage");
+            let mbr = writes[0].1.clone();
+            let bios_writes =
+                crate::grub::bios_writes(&mbr, part, &stage.boot_img, &stage.core_img)?;
+            writes[0] = bios_writes[0].clone();
+            writes.extend(bios_writes.into_iter().skip(1));
+        }
+        (None, None) => {}
+        _ => bail!("a BIOS stage needs a BIOS boot partition, and the other way round"),
+    }
+    for (off, bytes) in writes {
         f.write_all_at(&bytes, off)?;
     }
     f.sync_all()?;
@@ -331,28 +422,19 @@ fn make_esp(
 ) -> Result<()> {
     let stage = work.join("esp");
     let _ = fs::remove_dir_all(&stage);
-    for d in ["EFI/BOOT", "EFI/systemd", "loader/entries"] {
-        fs::create_dir_all(stage.join(d))?;
+    fs::create_dir_all(&stage)?;
+    for (rel, src) in &c.files {
+        let to = stage.join(rel);
+        if let Some(d) = to.parent() {
+            fs::create_dir_all(d)?;
+        }
+        match src {
+            EspSource::File(from) => {
+                fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+            }
+            EspSource::Bytes(b) => fs::write(&to, b)?,
+        }
     }
-    let sd = fs::read(&c.systemd_boot)
-        .with_context(|| format!("reading {}", c.systemd_boot.display()))?;
-    fs::write(stage.join("EFI/BOOT/BOOTX64.EFI"), &sd)?;
-    fs::write(stage.join("EFI/systemd/systemd-bootx64.efi"), &sd)?;
-    fs::copy(&c.kernel, stage.join("vmlinuz"))
-        .with_context(|| format!("copying {}", c.kernel.display()))?;
-    fs::copy(&c.initrd, stage.join("initrd.img"))
-        .with_context(|| format!("copying {}", c.initrd.display()))?;
-    fs::write(
-        stage.join("loader/loader.conf"),
-        format!("default {}.conf\ntimeout 0\neditor no\n", c.entry_name),
-    )?;
-    fs::write(
-        stage.join(format!("loader/entries/{}.conf", c.entry_name)),
-        format!(
-            "title {}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {}\n",
-            c.title, c.options
-        ),
-    )?;
     let paths = crate::rootfs::walk(&stage)?;
     crate::rootfs::clamp_times(&stage, &paths, epoch)?;
 
@@ -425,12 +507,45 @@ mod tests {
         );
     }
 
+    /// The hybrid layout: BIOS boot, ESP, root, in table and disk order,
+    /// checked by sgdisk (gdisk) as well as sfdisk.
+    #[test]
+    fn hybrid_layout_reads_back_with_sgdisk() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.raw");
+        let l = Layout::new("t", 2048 * MIB, 64 * MIB, true);
+        let f = File::create(&p).unwrap();
+        f.set_len(l.size).unwrap();
+        for (off, b) in gpt_writes(&l).unwrap() {
+            f.write_all_at(&b, off).unwrap();
+        }
+        drop(f);
+        let v = cmd::run(Command::new("sgdisk").arg("-v").arg(&p)).unwrap();
+        assert!(v.contains("No problems found"), "{v}");
+        let table = cmd::run(Command::new("sgdisk").arg("-p").arg(&p)).unwrap();
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("Number"))
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 3, "{table}");
+        assert_eq!(
+            (rows[0][1], rows[0][2], rows[0][5]),
+            ("2048", "4095", "EF02")
+        );
+        assert_eq!((rows[1][1], rows[1][5]), ("4096", "EF00"));
+        assert_eq!(rows[2][5], "8304");
+        let verify = cmd::run(Command::new("sfdisk").arg("--verify").arg(&p)).unwrap();
+        assert!(verify.contains("No errors detected"), "{verify}");
+    }
+
     /// The GPT we write is read back by sfdisk (util-linux) as we meant it.
     #[test]
     fn gpt_reads_back_with_sfdisk() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("d.raw");
-        let l = Layout::new("t", 2048 * MIB, 128 * MIB);
+        let l = Layout::new("t", 2048 * MIB, 128 * MIB, false);
         let f = File::create(&p).unwrap();
         f.set_len(l.size).unwrap();
         for (off, b) in gpt_writes(&l).unwrap() {

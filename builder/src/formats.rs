@@ -33,6 +33,8 @@ pub struct Meta<'a> {
     pub title: &'a str,
     pub epoch: u64,
     pub vhd_uuid: [u8; 16],
+    /// Declared in the OVF, so vSphere turns UEFI Secure Boot on.
+    pub secure_boot: bool,
 }
 
 /// Makes every requested format next to `raw` in `dir`, concurrently.
@@ -491,10 +493,12 @@ fn deflate_block(input: &[u8], level: Compression) -> Vec<u8> {
 
 // ---------------------------------------------------------------- OVA
 
-/// The OVF descriptor: one VM, UEFI firmware, one disk.
+/// The OVF descriptor: one VM, UEFI firmware (with Secure Boot when the
+/// image supports it, in the `bootOptions` key vSphere reads), one disk.
 pub fn ovf_descriptor(meta: &Meta, vmdk_name: &str, vmdk_size: u64, capacity: u64) -> String {
     let name = meta.image;
     let title = meta.title;
+    let secure_boot = meta.secure_boot;
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope vmw:buildId="bootpatch-builder" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -567,6 +571,7 @@ pub fn ovf_descriptor(meta: &Meta, vmdk_name: &str, vmdk_size: u64, capacity: u6
         <rasd:ResourceType>10</rasd:ResourceType>
       </Item>
       <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+      <vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="{secure_boot}"/>
     </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>

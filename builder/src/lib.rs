@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod formats;
+pub mod grub;
 pub mod hash;
 pub mod hostapt;
 pub mod lock;

@@ -26,6 +26,7 @@ pub struct Manifest {
     pub source_date_epoch: u64,
     pub locked: bool,
     pub disk: DiskInfo,
+    pub boot: BootInfo,
     pub artifacts: Vec<Artifact>,
     /// Wall time of each build step, in seconds.
     pub timings: Vec<(String, f64)>,
@@ -56,6 +57,89 @@ pub struct DiskInfo {
     pub esp_partuuid: String,
     pub root_partuuid: String,
     pub root_fs_uuid: String,
+}
+
+/// What the image boots with, and what each cloud must be told at import.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootInfo {
+    /// `grub` or `systemd-boot`.
+    pub loader: String,
+    /// Boots under legacy BIOS (GRUB's BIOS stage is in the image).
+    pub bios: bool,
+    pub uefi: bool,
+    /// Boots under UEFI Secure Boot with Microsoft's UEFI CA keys enrolled.
+    pub secure_boot: bool,
+    pub cloud: CloudImport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudImport {
+    /// `aws ec2 register-image --boot-mode`.
+    pub aws_boot_mode: String,
+    /// `gcloud compute images create --guest-os-features`.
+    pub gcp_guest_os_features: Vec<String>,
+    /// Azure image generations (`--hyper-v-generation`) this disk boots as.
+    pub azure_hyper_v_generations: Vec<String>,
+    /// Azure `--features SecurityType=...` for a Gen2 image definition.
+    pub azure_security_type: String,
+    /// `openstack image create --property` settings.
+    pub openstack_properties: std::collections::BTreeMap<String, String>,
+}
+
+impl BootInfo {
+    /// From the loader, and the kernel drivers the clouds' features need.
+    pub fn new(loader: crate::spec::Loader, secure_boot: bool, drivers: &Drivers) -> BootInfo {
+        use crate::spec::Loader;
+        let bios = loader == Loader::Grub;
+        let mut gcp = vec!["UEFI_COMPATIBLE".to_string()];
+        if drivers.virtio_scsi {
+            gcp.push("VIRTIO_SCSI_MULTIQUEUE".into());
+        }
+        if drivers.gve {
+            gcp.push("GVNIC".into());
+        }
+        let mut openstack = std::collections::BTreeMap::new();
+        openstack.insert("hw_machine_type".to_string(), "q35".to_string());
+        if !bios {
+            openstack.insert("hw_firmware_type".into(), "uefi".into());
+        }
+        if secure_boot {
+            // Secure Boot needs UEFI; a BIOS-capable image can still ask for it.
+            openstack.insert("hw_firmware_type".into(), "uefi".into());
+            openstack.insert("os_secure_boot".into(), "required".into());
+        }
+        BootInfo {
+            loader: loader.name().into(),
+            bios,
+            uefi: true,
+            secure_boot,
+            cloud: CloudImport {
+                aws_boot_mode: if bios { "uefi-preferred" } else { "uefi" }.into(),
+                gcp_guest_os_features: gcp,
+                azure_hyper_v_generations: if bios {
+                    vec!["V1".into(), "V2".into()]
+                } else {
+                    vec!["V2".into()]
+                },
+                azure_security_type: if secure_boot {
+                    "TrustedLaunchSupported"
+                } else {
+                    "Standard"
+                }
+                .into(),
+                openstack_properties: openstack,
+            },
+        }
+    }
+}
+
+/// Kernel drivers some clouds' image features depend on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Drivers {
+    pub virtio_scsi: bool,
+    pub gve: bool,
 }
 
 impl Manifest {
@@ -153,6 +237,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cloud_import_settings_follow_the_loader() {
+        use crate::spec::Loader;
+        let d = Drivers {
+            virtio_scsi: true,
+            gve: false,
+        };
+        let g = BootInfo::new(Loader::Grub, true, &d);
+        assert!(g.bios && g.uefi && g.secure_boot);
+        assert_eq!(g.cloud.aws_boot_mode, "uefi-preferred");
+        assert_eq!(
+            g.cloud.gcp_guest_os_features,
+            ["UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE"]
+        );
+        assert_eq!(g.cloud.azure_hyper_v_generations, ["V1", "V2"]);
+        assert_eq!(g.cloud.openstack_properties["os_secure_boot"], "required");
+        let s = BootInfo::new(Loader::SystemdBoot, false, &Drivers::default());
+        assert!(!s.bios && !s.secure_boot);
+        assert_eq!(s.cloud.aws_boot_mode, "uefi");
+        assert_eq!(s.cloud.gcp_guest_os_features, ["UEFI_COMPATIBLE"]);
+        assert_eq!(s.cloud.azure_security_type, "Standard");
+        assert_eq!(s.cloud.openstack_properties["hw_firmware_type"], "uefi");
+        assert!(!s.cloud.openstack_properties.contains_key("os_secure_boot"));
+    }
+
+    #[test]
     fn verify_names_the_changed_file() {
         let d = tempfile::tempdir().unwrap();
         let mut artifacts = Vec::new();
@@ -192,6 +301,14 @@ mod tests {
                 root_partuuid: String::new(),
                 root_fs_uuid: String::new(),
             },
+            boot: BootInfo::new(
+                crate::spec::Loader::Grub,
+                true,
+                &Drivers {
+                    virtio_scsi: true,
+                    gve: false,
+                },
+            ),
             artifacts: artifacts.clone(),
             timings: vec![],
         };

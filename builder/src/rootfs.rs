@@ -1,6 +1,6 @@
 //! The image's root file system: `mmdebstrap` into a directory, then the
 //! node's own files (bootpatch, its first-boot unit and config, apt sources,
-//! fstab, the ESP kernel hook), then image hygiene and time clamping.
+//! fstab, for systemd-boot the ESP kernel hook), then image hygiene and time clamping.
 //!
 //! This module writes only below the target directory it is given; it never
 //! mounts anything and never touches the build host's own configuration.
@@ -89,6 +89,11 @@ pub fn mmdebstrap(
     cmd::require("mmdebstrap", "mmdebstrap")?;
     let mut include = vec![spec.kernel.clone()];
     include.extend(spec.packages.iter().cloned());
+    for p in spec.boot.loader.packages(spec.os.family) {
+        if !include.iter().any(|i| i == p) {
+            include.push(p.to_string());
+        }
+    }
     if let Origin::Locked { packages, .. } = origin {
         include = packages.clone();
     }
@@ -163,9 +168,11 @@ pub struct NodeFiles<'a> {
     pub sources: &'a [Source],
     pub root_partuuid: &'a str,
     pub esp_partuuid: &'a str,
+    pub loader: crate::spec::Loader,
 }
 
-fn write(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
+/// Writes a file into the root, replacing (never following) what is there.
+pub(crate) fn write(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<()> {
     let p = root.join(rel.trim_start_matches('/'));
     if let Some(d) = p.parent() {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -252,18 +259,22 @@ pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
             0o644,
         )?;
     }
-    write(
-        root,
-        "/etc/kernel/postinst.d/zz-bootpatch-esp",
-        ESP_HOOK.as_bytes(),
-        0o755,
-    )?;
-    write(
-        root,
-        "/etc/initramfs/post-update.d/zz-bootpatch-esp",
-        ESP_HOOK.as_bytes(),
-        0o755,
-    )?;
+    // GRUB reads kernels from /boot (update-grub's own kernel hook lists
+    // them); systemd-boot needs them copied to the ESP.
+    if f.loader == crate::spec::Loader::SystemdBoot {
+        write(
+            root,
+            "/etc/kernel/postinst.d/zz-bootpatch-esp",
+            ESP_HOOK.as_bytes(),
+            0o755,
+        )?;
+        write(
+            root,
+            "/etc/initramfs/post-update.d/zz-bootpatch-esp",
+            ESP_HOOK.as_bytes(),
+            0o755,
+        )?;
+    }
     Ok(())
 }
 
@@ -471,6 +482,31 @@ pub fn clamp_times(root: &Path, paths: &[PathBuf], epoch: u64) -> Result<()> {
         .with_context(|| format!("setting times of {}", p.display()))?;
     }
     Ok(())
+}
+
+/// Whether the kernel has a driver, built in or as a module.
+pub fn kernel_has_driver(root: &Path, kernel: &str, name: &str) -> Result<bool> {
+    let dir = root.join("lib/modules").join(kernel);
+    let file = format!("/{name}.ko");
+    for list in ["modules.builtin", "modules.order", "modules.dep"] {
+        let p = dir.join(list);
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        };
+        let found = text.lines().any(|l| {
+            let path = l.split(':').next().unwrap_or("");
+            path.ends_with(&file)
+                || [".xz", ".zst", ".gz"]
+                    .iter()
+                    .any(|z| path.ends_with(&format!("{file}{z}")))
+        });
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Installed packages (name, version, architecture) from the root's dpkg status.

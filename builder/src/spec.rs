@@ -118,6 +118,10 @@ pub struct DiskSpec {
 pub struct BootSpec {
     #[serde(default)]
     pub loader: Loader,
+    /// Whether the image must boot under UEFI Secure Boot. Unset: whatever
+    /// the loader can (grub: yes, systemd-boot: no).
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
     /// Kernel command line; `root=PARTUUID=...` is added by the builder.
     #[serde(default = "default_cmdline")]
     pub cmdline: String,
@@ -126,17 +130,72 @@ pub struct BootSpec {
 impl Default for BootSpec {
     fn default() -> Self {
         BootSpec {
-            loader: Loader::SystemdBoot,
+            loader: Loader::default(),
+            secure_boot: None,
             cmdline: default_cmdline(),
         }
     }
 }
 
+impl BootSpec {
+    /// Whether the image is meant to boot under Secure Boot.
+    pub fn secure_boot(&self) -> bool {
+        self.secure_boot.unwrap_or(self.loader == Loader::Grub)
+    }
+}
+
+/// How the image boots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Loader {
+    /// Hybrid GRUB, as the distributions' own cloud images boot: GRUB's BIOS
+    /// stage in a BIOS boot partition, and on the ESP the distribution's
+    /// signed shim and GRUB in the removable path. Boots under BIOS, UEFI and
+    /// UEFI Secure Boot; kernels come from /boot, through `update-grub`.
     #[default]
+    Grub,
+    /// systemd-boot with the kernel on the ESP: UEFI only, unsigned, so no
+    /// Secure Boot.
     SystemdBoot,
+}
+
+impl Loader {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Grub => "grub",
+            Loader::SystemdBoot => "systemd-boot",
+        }
+    }
+
+    /// The packages the loader needs in the image, added by the builder.
+    pub fn packages(self, family: Family) -> &'static [&'static str] {
+        match (self, family) {
+            // The Debian cloud team's hybrid setup: pulls in grub-pc-bin,
+            // grub-efi-amd64-bin, grub-efi-amd64-signed and shim-signed, and
+            // reinstalls both stages when a GRUB or shim update arrives.
+            (Loader::Grub, Family::Debian) => &["grub-cloud-amd64"],
+            (Loader::Grub, _) => &[
+                "grub2-common",
+                "grub-pc-bin",
+                "grub-efi-amd64-bin",
+                "grub-efi-amd64-signed",
+                "shim-signed",
+            ],
+            (Loader::SystemdBoot, _) => &["systemd-boot-efi"],
+        }
+    }
+
+    /// The smallest ESP the loader works with. GRUB: shim, GRUB, MokManager
+    /// and fallback (about 6.5 MiB), twice (EFI/BOOT and the vendor folder,
+    /// as `grub-install --force-extra-removable` writes them on an update),
+    /// in a FAT32 file system (at least 65,525 clusters: 32 MiB with 512-byte
+    /// clusters). systemd-boot: the kernel and initrd live on the ESP.
+    pub fn min_esp(self) -> u64 {
+        match self {
+            Loader::Grub => 32 * MIB,
+            Loader::SystemdBoot => 64 * MIB,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
@@ -481,11 +540,27 @@ pub fn validate(s: &Spec) -> Result<()> {
     if size & (MIB - 1) != 0 {
         return Err(bad("disk.size", size, "must be a whole number of MiB"));
     }
-    if esp & (MIB - 1) != 0 || esp < 64 * MIB {
+    let min_esp = s.boot.loader.min_esp();
+    if esp & (MIB - 1) != 0 || esp < min_esp {
         return Err(bad(
             "disk.espSize",
             esp,
-            "must be a whole number of MiB, at least 64MiB",
+            &format!(
+                "must be a whole number of MiB, at least {}MiB for boot.loader {} ({})",
+                min_esp / MIB,
+                s.boot.loader.name(),
+                match s.boot.loader {
+                    Loader::Grub => "shim, GRUB, MokManager and fallback, twice, in FAT32",
+                    Loader::SystemdBoot => "the kernel and initrd live on the ESP",
+                }
+            ),
+        ));
+    }
+    if s.boot.secure_boot == Some(true) && s.boot.loader == Loader::SystemdBoot {
+        return Err(bad(
+            "boot.secureBoot",
+            true,
+            "needs boot.loader: grub: the systemd-boot image is unsigned, so Secure Boot firmware refuses to start it",
         ));
     }
     if size < esp + 1024 * MIB {
@@ -614,6 +689,35 @@ mod tests {
         let spec = parse(&text, "t.yaml").unwrap();
         let e = format!("{:#}", bootpatch_config(&spec, "t.yaml").unwrap_err());
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn boot_loaders_are_checked() {
+        let sd = base().replace("loader: grub", "loader: systemd-boot");
+        let spec = parse(&sd, "t.yaml").unwrap();
+        assert!(!spec.boot.secure_boot());
+        let e = err(&sd.replace(
+            "  loader: systemd-boot\n",
+            "  loader: systemd-boot\n  secureBoot: true\n",
+        ));
+        assert!(e.contains("t.yaml") && e.contains("boot.secureBoot"), "{e}");
+        assert!(e.contains("systemd-boot") && e.contains("unsigned"), "{e}");
+        let spec = parse(&base(), "t.yaml").unwrap();
+        assert_eq!(spec.boot.loader, Loader::Grub);
+        assert!(spec.boot.secure_boot());
+        // GRUB's ESP needs 32 MiB; systemd-boot's holds the kernel too.
+        let e = err(&base().replace("espSize: 128MiB", "espSize: 16MiB"));
+        assert!(e.contains("disk.espSize") && e.contains("32MiB"), "{e}");
+        assert!(e.contains("shim"), "{e}");
+        parse(
+            &base().replace("espSize: 128MiB", "espSize: 32MiB"),
+            "t.yaml",
+        )
+        .unwrap();
+        let e = err(&sd.replace("espSize: 128MiB", "espSize: 32MiB"));
+        assert!(e.contains("disk.espSize") && e.contains("64MiB"), "{e}");
+        let e = err(&base().replace("loader: grub", "loader: lilo"));
+        assert!(e.contains("boot.loader") && e.contains("lilo"), "{e}");
     }
 
     #[test]

@@ -75,10 +75,9 @@ fn root_offset(dir: &Path) -> u64 {
         .arg("--json")
         .arg(dir.join("disk.raw")));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["partitiontable"]["partitions"][1]["start"]
-        .as_u64()
-        .unwrap()
-        * 512
+    // The root is the last partition.
+    let parts = v["partitiontable"]["partitions"].as_array().unwrap();
+    parts.last().unwrap()["start"].as_u64().unwrap() * 512
 }
 
 fn debugfs(dir: &Path, request: &str) -> String {
@@ -110,11 +109,16 @@ fn files_below(d: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn check_boot(dir: &Path, disk: &str) {
-    let serial = dir.with_extension(format!("{disk}.serial.log"));
+/// Boots DISK of a built image to its login prompt under one firmware and
+/// checks the guest saw that firmware: the kernel's own lines say whether it
+/// was started by UEFI and whether Secure Boot was enforced.
+fn check_boot(dir: &Path, disk: &str, firmware: &str) -> String {
+    let serial = dir.with_extension(format!("{disk}.{firmware}.serial.log"));
     let o = builder(&[
         "boot",
         dir.join(disk).to_str().unwrap(),
+        "--firmware",
+        firmware,
         "--timeout",
         "420",
         "--serial",
@@ -125,7 +129,7 @@ fn check_boot(dir: &Path, disk: &str) {
     let log = fs::read_to_string(&serial).unwrap_or_default();
     assert!(
         o.status.success(),
-        "boot did not reach a login prompt; serial tail:\n{}",
+        "boot under {firmware} did not reach a login prompt; serial tail:\n{}",
         tail(&log)
     );
     // Userspace came up and the first-boot unit ran before the login prompt.
@@ -135,6 +139,37 @@ fn check_boot(dir: &Path, disk: &str) {
         "first-boot unit not started:\n{}",
         tail(&log)
     );
+    let uefi = log.contains("efi: EFI v");
+    match firmware {
+        "bios" => assert!(!uefi, "booted by UEFI under bios:\n{}", tail(&log)),
+        "uefi" => assert!(
+            uefi && log.contains("secureboot: Secure boot disabled"),
+            "{}",
+            tail(&log)
+        ),
+        "secureboot" => assert!(
+            uefi && log.contains("secureboot: Secure boot enabled")
+                && log.contains("Kernel is locked down from EFI Secure Boot"),
+            "Secure Boot not enforced:\n{}",
+            tail(&log)
+        ),
+        other => panic!("unknown firmware {other}"),
+    }
+    log
+}
+
+/// Every image boots under each firmware the clouds start it with.
+fn check_boots_everywhere(dir: &Path, disk: &str) {
+    let kernel = manifest(dir)["kernel"].as_str().unwrap().to_string();
+    for fw in ["bios", "uefi", "secureboot"] {
+        let log = check_boot(dir, disk, fw);
+        // GRUB started the kernel from /boot on the root file system.
+        assert!(
+            log.contains(&format!("Command line: BOOT_IMAGE=/boot/vmlinuz-{kernel} ")),
+            "{fw}: {}",
+            tail(&log)
+        );
+    }
 }
 
 fn tail(s: &str) -> &str {
@@ -143,6 +178,133 @@ fn tail(s: &str) -> &str {
         start += 1;
     }
     &s[start..]
+}
+
+/// The hybrid GRUB layout, judged by sfdisk and sgdisk, the ESP by mtools
+/// and the root by debugfs, and what the manifest says of it.
+fn check_grub_layout(dir: &Path) {
+    let raw = dir.join("disk.raw");
+    let m = manifest(dir);
+    let verify = run(Command::new("sfdisk").arg("--verify").arg(&raw));
+    assert!(verify.contains("No errors detected"), "{verify}");
+    let sg = run(Command::new("sgdisk").arg("-v").arg(&raw));
+    assert!(sg.contains("No problems found"), "{sg}");
+    let t = run(Command::new("sfdisk").arg("--json").arg(&raw));
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+    let parts = v["partitiontable"]["partitions"].as_array().unwrap();
+    let types: Vec<String> = parts
+        .iter()
+        .map(|p| p["type"].as_str().unwrap().to_lowercase())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "21686148-6449-6e6f-744e-656564454649", // BIOS boot (ef02)
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", // ESP
+            "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", // x86-64 root
+        ]
+    );
+    let sgp = run(Command::new("sgdisk").arg("-p").arg(&raw));
+    assert!(
+        sgp.contains("EF02") && sgp.contains("EF00") && sgp.contains("8304"),
+        "{sgp}"
+    );
+    assert_eq!(
+        parts[2]["uuid"].as_str().unwrap().to_lowercase(),
+        m["disk"]["rootPartuuid"].as_str().unwrap()
+    );
+    // GRUB's boot.img in the MBR points at core.img in the BIOS boot partition.
+    let mut mbr = [0u8; 512];
+    fs::File::open(&raw)
+        .unwrap()
+        .read_exact_at(&mut mbr, 0)
+        .unwrap();
+    let bios_start = parts[0]["start"].as_u64().unwrap();
+    assert_eq!(
+        u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
+        bios_start
+    );
+    assert_eq!(&mbr[510..], &[0x55, 0xaa]);
+    assert_eq!(mbr[0x1be + 4], 0xee, "protective MBR kept");
+
+    let esp = format!(
+        "{}@@{}",
+        raw.display(),
+        parts[1]["start"].as_u64().unwrap() * 512
+    );
+    let mtools = |args: &[&str]| {
+        run(Command::new(args[0])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(&args[1..]))
+    };
+    let listing = mtools(&["mdir", "-b", "-i", &esp, "::/EFI/BOOT"]);
+    for f in ["BOOTX64.EFI", "grubx64.efi", "mmx64.efi"] {
+        assert!(listing.contains(f), "{f} missing: {listing}");
+    }
+    let fs_uuid = m["disk"]["rootFsUuid"].as_str().unwrap();
+    let stub = mtools(&["mtype", "-i", &esp, "::/EFI/debian/grub.cfg"]);
+    assert!(
+        stub.contains(&format!("--fs-uuid --set=root {fs_uuid}")),
+        "{stub}"
+    );
+    // The removable path holds Debian's signed shim, byte for byte.
+    let shim = tempfile::tempdir().unwrap();
+    let from_esp = shim.path().join("esp-shim");
+    mtools(&[
+        "mcopy",
+        "-i",
+        &esp,
+        "::/EFI/BOOT/BOOTX64.EFI",
+        from_esp.to_str().unwrap(),
+    ]);
+    let pkg = rdump(dir, "/usr/lib/shim");
+    assert_eq!(
+        fs::read(&from_esp).unwrap(),
+        fs::read(pkg.path().join("shim/shimx64.efi.signed")).unwrap()
+    );
+
+    let cfg = debugfs(dir, "cat /boot/grub/grub.cfg");
+    assert!(
+        cfg.contains(&format!("--fs-uuid --set=root {fs_uuid}"))
+            && cfg.contains(&format!(
+                "linux /boot/vmlinuz-{}",
+                m["kernel"].as_str().unwrap()
+            )),
+        "{cfg}"
+    );
+    let ls = debugfs(dir, "ls /boot/grub/i386-pc");
+    assert!(ls.contains("normal.mod") && ls.contains("core.img"), "{ls}");
+    assert!(debugfs(dir, "stat /etc/grub.d/enable_cloud").contains("Type: regular"));
+    let defaults = debugfs(dir, "cat /etc/default/grub.d/50-bootpatch.cfg");
+    assert!(defaults.contains("console=ttyS0,115200"), "{defaults}");
+    // GRUB reads kernels from /boot: no ESP copy hook.
+    let hooks = debugfs(dir, "ls /etc/kernel/postinst.d");
+    assert!(
+        hooks.contains("zz-update-grub") && !hooks.contains("zz-bootpatch-esp"),
+        "{hooks}"
+    );
+
+    let b = &m["boot"];
+    assert_eq!(b["loader"], "grub");
+    assert_eq!(
+        (&b["bios"], &b["uefi"], &b["secureBoot"]),
+        (&true.into(), &true.into(), &true.into())
+    );
+    let c = &b["cloud"];
+    assert_eq!(c["awsBootMode"], "uefi-preferred");
+    let gcp: Vec<&str> = c["gcpGuestOsFeatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        gcp.contains(&"UEFI_COMPATIBLE") && gcp.contains(&"VIRTIO_SCSI_MULTIQUEUE"),
+        "{gcp:?}"
+    );
+    assert_eq!(c["azureHyperVGenerations"], serde_json::json!(["V1", "V2"]));
+    assert_eq!(c["azureSecurityType"], "TrustedLaunchSupported");
+    assert_eq!(c["openstackProperties"]["os_secure_boot"], "required");
 }
 
 fn check_hygiene_and_node_files(dir: &Path) {
@@ -221,43 +383,8 @@ fn check_formats(dir: &Path) {
     let size = m["disk"]["size"].as_u64().unwrap();
     assert_eq!(size % (1 << 30), 0);
 
-    // raw: GPT with an ESP holding systemd-boot and a root partition.
-    let t = run(Command::new("sfdisk")
-        .arg("--json")
-        .arg(dir.join("disk.raw")));
-    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-    let parts = v["partitiontable"]["partitions"].as_array().unwrap();
-    assert_eq!(parts.len(), 2);
-    assert_eq!(
-        parts[0]["type"].as_str().unwrap().to_lowercase(),
-        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-    );
-    let esp = format!(
-        "{}@@{}",
-        dir.join("disk.raw").display(),
-        parts[0]["start"].as_u64().unwrap() * 512
-    );
-    let listing = run(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args([
-        "-b",
-        "-i",
-        &esp,
-        "::/EFI/BOOT",
-    ]));
-    assert!(listing.contains("BOOTX64.EFI"), "{listing}");
-    let entry = run(Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &esp])
-        .arg(format!(
-            "::/loader/entries/{}.conf",
-            m["image"].as_str().unwrap()
-        )));
-    assert!(
-        entry.contains(&format!(
-            "root=PARTUUID={}",
-            m["disk"]["rootPartuuid"].as_str().unwrap()
-        )),
-        "{entry}"
-    );
+    // raw: GPT with a BIOS boot partition, an ESP holding shim and GRUB, and a root.
+    check_grub_layout(dir);
     let stats = debugfs(dir, "stats");
     assert!(stats.contains("Filesystem volume name:   root"), "{stats}");
 
@@ -332,6 +459,11 @@ fn check_formats(dir: &Path) {
     }
     let ovf = fs::read_to_string(x.path().join(members[0])).unwrap();
     assert!(ovf.contains(&format!("ovf:capacity=\"{size}\"")) && ovf.contains("streamOptimized"));
+    assert!(
+        ovf.contains(r#"vmw:key="firmware" vmw:value="efi""#)
+            && ovf.contains(r#"vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="true""#),
+        "{ovf}"
+    );
     let info = run(Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(x.path().join(members[2])));
@@ -425,7 +557,7 @@ fn debian_12_builds_boots_and_is_clean() {
     check_formats(&dir);
     check_hygiene_and_node_files(&dir);
     check_verify_catches_a_flipped_byte(&dir);
-    check_boot(&dir, "disk.raw");
+    check_boots_everywhere(&dir, "disk.raw");
 }
 
 #[test]
@@ -436,7 +568,8 @@ fn debian_13_builds_and_boots() {
     assert_eq!(m["os"]["suite"], "trixie");
     assert!(m["os"]["pointRelease"].as_str().unwrap().starts_with("13."));
     check_hygiene_and_node_files(&dir);
-    check_boot(&dir, "disk.qcow2");
+    check_grub_layout(&dir);
+    check_boots_everywhere(&dir, "disk.qcow2");
 }
 
 /// A `--locked` build reproduces, bit for bit, the disk.raw of the build
@@ -494,6 +627,74 @@ fn locked_builds_are_reproducible() {
     fs::remove_dir_all(&out).unwrap();
 }
 
+/// The systemd-boot variant still builds and boots under UEFI, and is the
+/// negative control of the Secure Boot check: the same disk is refused by
+/// the Secure Boot firmware (its loader is unsigned), which starts no kernel.
+#[test]
+fn systemd_boot_variant_is_uefi_only() {
+    let _g = heavy();
+    let first = bootpatch_e2e::images::built("debian-12");
+    let t = tempfile::tempdir_in(scratch()).unwrap();
+    let spec = t.path().join("debian-12-systemd-boot.yaml");
+    let text = fs::read_to_string(repo().join("images/debian-12.yaml"))
+        .unwrap()
+        .replace("name: debian-12\n", "name: debian-12-systemd-boot\n")
+        .replace("  loader: grub\n", "  loader: systemd-boot\n");
+    assert!(text.contains("loader: systemd-boot"));
+    fs::write(&spec, text).unwrap();
+    let out = t.path().join("out");
+    let o = Command::new(bootpatch_e2e::images::builder_bin())
+        .args(["build", "--quiet", "--formats", "raw", "--cache"])
+        .arg(&first.cache)
+        .arg("--bootpatch")
+        .arg(bootpatch_e2e::bootpatch_bin())
+        .arg("--out")
+        .arg(&out)
+        .arg(&spec)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = manifest(&out);
+    assert_eq!(m["boot"]["loader"], "systemd-boot");
+    assert_eq!(m["boot"]["bios"], false);
+    assert_eq!(m["boot"]["secureBoot"], false);
+    assert_eq!(m["boot"]["cloud"]["awsBootMode"], "uefi");
+    assert_eq!(
+        m["boot"]["cloud"]["azureHyperVGenerations"],
+        serde_json::json!(["V2"])
+    );
+    let t2 = run(Command::new("sfdisk")
+        .arg("--json")
+        .arg(out.join("disk.raw")));
+    let v: serde_json::Value = serde_json::from_str(&t2).unwrap();
+    assert_eq!(
+        v["partitiontable"]["partitions"].as_array().unwrap().len(),
+        2
+    );
+    let hooks = debugfs(&out, "ls /etc/kernel/postinst.d");
+    assert!(hooks.contains("zz-bootpatch-esp"), "{hooks}");
+
+    check_boot(&out, "disk.raw", "uefi");
+    let serial = t.path().join("refused.serial.log");
+    let o = builder(&[
+        "boot",
+        out.join("disk.raw").to_str().unwrap(),
+        "--firmware",
+        "secureboot",
+        "--timeout",
+        "240",
+        "--serial",
+        serial.to_str().unwrap(),
+        "--until",
+        "No bootable option or device was found",
+    ]);
+    let log = fs::read_to_string(&serial).unwrap_or_default();
+    assert!(o.status.success(), "{}", tail(&log));
+    assert!(log.contains("Access Denied"), "{}", tail(&log));
+    assert!(!log.contains("Linux version"), "{}", tail(&log));
+}
+
 /// A bad spec is refused before anything is written, and the message names
 /// the file, the key and the value.
 #[test]
@@ -518,6 +719,19 @@ fn bad_spec_is_refused_with_no_output() {
             good.replace("lockWaitTimeout: 10m", "lockWaitTimeout: ages"),
             "lockWaitTimeout",
             "ages",
+        ),
+        (
+            good.replace(
+                "  loader: grub\n",
+                "  loader: systemd-boot\n  secureBoot: true\n",
+            ),
+            "boot.secureBoot",
+            "unsigned",
+        ),
+        (
+            good.replace("espSize: 128MiB", "espSize: 16MiB"),
+            "disk.espSize",
+            "16777216",
         ),
     ];
     for (i, (text, key, value)) in cases.iter().enumerate() {

@@ -50,7 +50,7 @@ if [ "$codename" = bookworm ] && ! grep -qs "bookworm-backports" /etc/apt/source
 fi
 
 # skopeo and umoci: independent readers of the agent's OCI image archive (tests).
-pkgs="mmdebstrap e2fsprogs mtools dosfstools fdisk ovmf qemu-utils apt-utils dpkg-dev xorriso gzip tar diffutils skopeo umoci"
+pkgs="mmdebstrap e2fsprogs mtools dosfstools fdisk gdisk ovmf qemu-utils apt-utils dpkg-dev xorriso gzip tar diffutils skopeo umoci"
 missing=""
 for p in $pkgs qemu-system-x86; do
     dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
