@@ -187,11 +187,21 @@ pub fn point_release(orig: &Path, out: &Path) -> (PathBuf, String, String) {
 /// Repacks a real installed package (a kernel metapackage, say) with a
 /// higher version whose postinst asks for a reboot, as kernel hooks do.
 pub fn reboot_requiring(orig: &Path, out: &Path) -> (PathBuf, String) {
+    reboot_requiring_edited(orig, out, |_| {})
+}
+
+/// [`reboot_requiring`], with a further edit of the unpacked package.
+pub fn reboot_requiring_edited(
+    orig: &Path,
+    out: &Path,
+    edit: impl FnOnce(&Path),
+) -> (PathBuf, String) {
     repack(
         orig,
         out,
         |old| format!("{old}+bootpatch1"),
         |d, name| {
+            edit(d);
             let p = d.join("DEBIAN/postinst");
             let mut script =
                 std::fs::read_to_string(&p).unwrap_or_else(|_| "#!/bin/sh\nset -e\n".into());
@@ -202,6 +212,111 @@ pub fn reboot_requiring(orig: &Path, out: &Path) -> (PathBuf, String) {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         },
     )
+}
+
+/// The next kernel ABI after `release` (6.1.0-57-cloud-amd64 gives
+/// 6.1.0-58-cloud-amd64): the name a kernel update would install.
+pub fn next_kernel_abi(release: &str) -> String {
+    let mut parts: Vec<String> = release.split('-').map(str::to_string).collect();
+    let abi: u32 = parts
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no ABI number in kernel release {release:?}"));
+    parts[1] = (abi + 1).to_string();
+    parts.join("-")
+}
+
+fn rename_below(dir: &Path, old: &str, new: &str) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            rename_below(&p, old, new);
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(old) {
+            std::fs::rename(&p, dir.join(name.replace(old, new))).unwrap();
+        }
+    }
+}
+
+/// A kernel update as the archive ships one: a new ABI's image package and
+/// the metapackage raised to depend on it (and, as before, asking for a
+/// reboot). The new package is the image's real, signed kernel package
+/// with its package name, version and file names raised: the kernel's bytes
+/// are unchanged, so its Secure Boot signature stays valid, but GRUB must
+/// find and boot a new file (`/boot/vmlinuz-NEW`) that update-grub listed.
+///
+/// One stand-in part: the kernel still reports its original release
+/// (`uname -r`), so the new initrd also answers to that name (a hook in
+/// the package links the modules there); without it the initrd could not
+/// load the disk driver. Returns the two .debs and the new release.
+pub fn kernel_update(image_deb: &Path, meta_deb: &Path, out: &Path) -> (Vec<PathBuf>, String) {
+    let mut c = Command::new("dpkg-deb");
+    c.args(["-f"]).arg(image_deb).arg("Package");
+    let package = sh(c).trim().to_string();
+    let old = package
+        .strip_prefix("linux-image-")
+        .unwrap_or_else(|| panic!("{package} is not a kernel image package"))
+        .to_string();
+    let new = next_kernel_abi(&old);
+    // The version stays: the metapackage depends on this exact one, and the
+    // new name alone makes it a new package.
+    let (image, _) = repack(
+        image_deb,
+        out,
+        |v| v.to_string(),
+        |d, _| {
+            for entry in std::fs::read_dir(d).unwrap().flatten() {
+                if entry.file_name() != "DEBIAN" && entry.path().is_dir() {
+                    rename_below(&entry.path(), &old, &new);
+                }
+            }
+            for f in std::fs::read_dir(d.join("DEBIAN")).unwrap().flatten() {
+                let mut text = std::fs::read_to_string(f.path())
+                    .unwrap()
+                    .replace(&old, &new);
+                if f.file_name() == "control" {
+                    // The test repository holds none of the recommended
+                    // packages (firmware, apparmor); `apt-get upgrade` keeps
+                    // back an upgrade whose new package's Recommends cannot
+                    // be met, where the archive would offer them.
+                    text = text
+                        .lines()
+                        .filter(|l| !l.starts_with("Recommends:"))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                }
+                std::fs::write(f.path(), text).unwrap();
+            }
+            let hook = "usr/share/initramfs-tools/hooks/zz-bootpatch-fixture-release";
+            let p = d.join(hook);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\n# Test fixture: this kernel reports release {old}; let its initrd's modules answer to it.\n\
+                     [ \"$1\" = prereqs ] && exit 0\n\
+                     [ \"$version\" = {new} ] || exit 0\n\
+                     ln -sfn {new} \"$DESTDIR/lib/modules/{old}\"\n"
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let md5 = d.join("DEBIAN/md5sums");
+            let mut sums = std::fs::read_to_string(&md5).unwrap();
+            sums += &format!("0  {hook}\n");
+            std::fs::write(&md5, sums).unwrap();
+        },
+    );
+    let (old_dep, new_dep) = (format!("linux-image-{old}"), format!("linux-image-{new}"));
+    let (meta, _) = reboot_requiring_edited(meta_deb, out, |d| {
+        let p = d.join("DEBIAN/control");
+        let control = std::fs::read_to_string(&p).unwrap();
+        assert!(control.contains(&old_dep), "{control}");
+        std::fs::write(&p, control.replace(&old_dep, &new_dep)).unwrap();
+    });
+    (vec![image, meta], new)
 }
 
 /// Builds (once per test process) the fixture packages.

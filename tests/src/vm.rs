@@ -153,6 +153,27 @@ pub fn patch_packages(image: &Image, out: &Path) -> (Vec<PathBuf>, String) {
     (vec![bf, kernel], point)
 }
 
+/// [`patch_packages`] with a real kernel update in place of the repacked
+/// metapackage alone: a new ABI's (signed) kernel image package and the
+/// metapackage depending on it ([`crate::fixtures::kernel_update`]).
+/// Returns the .debs, the Patched Version and the new kernel release.
+pub fn patch_packages_with_kernel(image: &Image, out: &Path) -> (Vec<PathBuf>, String, String) {
+    std::fs::create_dir_all(out).unwrap();
+    let (bf, _, point) =
+        crate::fixtures::point_release(&cached_deb(&image.cache, "base-files"), out);
+    let m = crate::images::built("debian-12").dir.join("manifest.json");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    let release = manifest["kernel"].as_str().unwrap();
+    let (mut debs, new) = crate::fixtures::kernel_update(
+        &cached_deb(&image.cache, &format!("linux-image-{release}")),
+        &cached_deb(&image.cache, KERNEL_META),
+        out,
+    );
+    debs.push(bf);
+    (debs, point, new)
+}
+
 /// The kernel metapackage of the debian-12 image, whose repacked upgrade
 /// asks for a reboot.
 pub const KERNEL_META: &str = "linux-image-cloud-amd64";
@@ -211,8 +232,18 @@ pub struct Guest {
 #[derive(Debug, Clone, Copy)]
 pub enum Start<'a> {
     Boot,
-    SaveAt { text: &'a str, dir: &'a Path },
-    Resume { dir: &'a Path },
+    /// A cold boot under another firmware than `builder boot`'s default
+    /// (`bios`, `uefi`, `secureboot`).
+    BootUnder {
+        firmware: &'a str,
+    },
+    SaveAt {
+        text: &'a str,
+        dir: &'a Path,
+    },
+    Resume {
+        dir: &'a Path,
+    },
 }
 
 impl Guest {
@@ -253,6 +284,9 @@ impl Guest {
         }
         match how {
             Start::Boot => {}
+            Start::BootUnder { firmware } => {
+                c.arg("--firmware").arg(firmware);
+            }
             Start::SaveAt { text, dir } => {
                 c.arg("--until").arg(text).arg("--save-state").arg(dir);
             }

@@ -4,7 +4,10 @@
 //! guest has no network (`-nic none`); the patch repository is a second disk
 //! (ext4, labelled bpatches), signed with a key made for the test, with a
 //! repacked base-files that raises the point release and a repacked kernel
-//! metapackage whose postinst asks for a reboot. The node-join command is a
+//! metapackage whose postinst asks for a reboot; the reboot case's
+//! repository holds a real kernel update instead (a new ABI's signed kernel
+//! package and the metapackage depending on it), and that node is then
+//! booted under BIOS and under Secure Boot too. The node-join command is a
 //! stand-in that records the boot it ran in. Each boot has a timeout; a hung
 //! guest fails the test.
 //!
@@ -26,6 +29,8 @@ struct Case {
     seed: PathBuf,
     patches: Option<PathBuf>,
     point: String,
+    /// The kernel release the patches install, when they hold a kernel update.
+    new_kernel: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -46,13 +51,28 @@ fn values(key: &str, reboot: bool, patch_on_boot: bool) -> String {
 
 impl Case {
     fn new(kind: RepoKind, reboot: bool, patch_on_boot: bool) -> Case {
+        Case::make(kind, reboot, patch_on_boot, false)
+    }
+
+    /// A case whose patches hold a real kernel update (a new ABI package).
+    fn with_kernel_update() -> Case {
+        Case::make(RepoKind::Signed, true, true, true)
+    }
+
+    fn make(kind: RepoKind, reboot: bool, patch_on_boot: bool, kernel: bool) -> Case {
         let image = vm::debian12_image();
         let dir = tempfile::Builder::new()
             .prefix("bootpatch-vm-")
             .tempdir_in(bootpatch_e2e::cache_dir())
             .unwrap();
         let d = dir.path();
-        let (debs, point) = vm::patch_packages(&image, &d.join("debs"));
+        let (debs, point, new_kernel) = if kernel {
+            let (debs, point, new) = vm::patch_packages_with_kernel(&image, &d.join("debs"));
+            (debs, point, Some(new))
+        } else {
+            let (debs, point) = vm::patch_packages(&image, &d.join("debs"));
+            (debs, point, None)
+        };
         let trusted = Key::generate("patches");
         let patches = match kind {
             RepoKind::Absent => None,
@@ -75,6 +95,7 @@ impl Case {
             seed,
             patches,
             point,
+            new_kernel,
         }
     }
 
@@ -99,7 +120,11 @@ impl Case {
     }
 
     fn boot_disk(&self, disk: &std::path::Path, n: usize) -> (Report, String) {
-        let (code, err) = self.start_as(vm::Start::Boot, disk, n).wait();
+        self.boot_as(vm::Start::Boot, disk, n)
+    }
+
+    fn boot_as(&self, how: vm::Start, disk: &std::path::Path, n: usize) -> (Report, String) {
+        let (code, err) = self.start_as(how, disk, n).wait();
         let console = std::fs::read_to_string(self.serial(n)).unwrap_or_default();
         assert_eq!(
             code,
@@ -130,10 +155,32 @@ fn joined_boots(r: &Report) -> Vec<String> {
     r.join.lines().map(str::to_string).collect()
 }
 
+/// The kernel the console says was booted: `BOOT_IMAGE=` of the last boot.
+fn booted_kernel(console: &str) -> String {
+    let at = console
+        .rfind("Command line: BOOT_IMAGE=")
+        .unwrap_or_else(|| panic!("no kernel command line\n{}", tail(console)));
+    console[at + "Command line: BOOT_IMAGE=".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The patches hold a real kernel update (a new ABI package, signed): the
+/// node installs it, update-grub lists it, the one reboot starts it, and it
+/// keeps booting under BIOS and under Secure Boot too.
 #[test]
 fn reboot_if_required_patches_reboots_once_then_joins() {
-    let c = Case::new(RepoKind::Signed, true, true);
+    let c = Case::with_kernel_update();
+    let new_kernel = c.new_kernel.clone().unwrap();
     let (r, console) = c.boot(1);
+    assert_eq!(
+        booted_kernel(&console),
+        format!("/boot/vmlinuz-{new_kernel}"),
+        "the reboot did not start the new kernel\n{}",
+        tail(&console)
+    );
     assert_eq!(
         vm::boots(&console),
         2,
@@ -162,6 +209,26 @@ fn reboot_if_required_patches_reboots_once_then_joins() {
         Some(r.boot_id.as_str())
     );
     assert_eq!(r.audit.trim(), "");
+
+    // The patched node under the other firmwares: the same new kernel,
+    // through GRUB's BIOS stage and through shim and signed GRUB.
+    for (n, firmware) in [(2, "bios"), (3, "secureboot")] {
+        let (again, console) = c.boot_as(vm::Start::BootUnder { firmware }, &c.disk, n);
+        assert_eq!(
+            booted_kernel(&console),
+            format!("/boot/vmlinuz-{new_kernel}"),
+            "{firmware}: {}",
+            tail(&console)
+        );
+        if firmware == "secureboot" {
+            assert!(
+                console.contains("secureboot: Secure boot enabled"),
+                "{}",
+                tail(&console)
+            );
+        }
+        assert_eq!(again.status["patched_version"], c.point.as_str());
+    }
 }
 
 #[test]
