@@ -66,8 +66,9 @@ pub const STARTED_FILE: &str = "/run/bootpatch/apply-started";
 
 pub use bootpatch::cli::ApplyRecord;
 
-/// The node itself. Host files are read (and the started-run mark written) under `root`, the
-/// host's / as mounted in the pod (/host). Host programs run in the host's namespaces through
+/// The node itself. Host files are read under `root`, the host's / as mounted in the pod
+/// (/host); bootpatch's run record and the started-run mark under the host's /run through
+/// `/proc/PID/root` ([`RealHost::run_path`]). Host programs run in the host's namespaces through
 /// the agent's own `host-exec` mode ([`crate::hostns`]): `bootpatch apply` as the transient
 /// systemd unit [`UNIT`] (`systemd-run --wait --collect`), so dpkg runs in the host's cgroup
 /// tree, outlives the pod and its memory limit, and maintainer scripts restart services as a
@@ -158,6 +159,13 @@ impl RealHost {
         self.root.join(path.trim_start_matches('/'))
     }
 
+    /// A file under the host's /run as seen here: through `/proc/PID/root`, which walks the
+    /// host's own mount tree, so the host's /run tmpfs is there even where the /host bind
+    /// is not recursive.
+    pub fn run_path(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.target_pid)).join(path.trim_start_matches('/'))
+    }
+
     /// The host root is mounted and bootpatch is installed there: errors name the path.
     pub fn check(&self) -> anyhow::Result<()> {
         if !self.root.is_dir() {
@@ -227,7 +235,7 @@ impl RealHost {
     }
 
     fn read_record(&self) -> anyhow::Result<Option<(ApplyRecord, std::time::SystemTime)>> {
-        let p = self.host_path(REPORT_FILE);
+        let p = self.run_path(REPORT_FILE);
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -242,7 +250,7 @@ impl RealHost {
     }
 
     fn started_run(&self) -> Option<String> {
-        std::fs::read_to_string(self.host_path(STARTED_FILE))
+        std::fs::read_to_string(self.run_path(STARTED_FILE))
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
@@ -255,7 +263,7 @@ impl RealHost {
         since: std::time::SystemTime,
         how: &str,
     ) -> anyhow::Result<ApplyReport> {
-        let file = self.host_path(REPORT_FILE);
+        let file = self.run_path(REPORT_FILE);
         let rec = match self.read_record()? {
             Some((rec, mtime))
                 if id.map_or(mtime >= since, |id| rec.run_id.as_deref() == Some(id)) =>
@@ -270,7 +278,7 @@ impl RealHost {
             ),
             None => anyhow::bail!("{how}, but bootpatch left no report at {}", file.display()),
         };
-        let _ = std::fs::remove_file(self.host_path(STARTED_FILE));
+        let _ = std::fs::remove_file(self.run_path(STARTED_FILE));
         if rec.exit_code != 0 {
             anyhow::bail!(
                 "bootpatch apply (unit {UNIT}) failed with exit code {} ({}): {}",
@@ -321,7 +329,7 @@ impl RealHost {
                 .as_millis(),
             std::process::id()
         );
-        let started = self.host_path(STARTED_FILE);
+        let started = self.run_path(STARTED_FILE);
         bootpatch::state::write_atomic(&started, id.as_bytes(), 0o644)
             .with_context(|| format!("writing {}", started.display()))?;
         let env = format!("--setenv=BOOTPATCH_RUN_ID={id}");
