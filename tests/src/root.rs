@@ -65,25 +65,26 @@ pub fn cached_root() -> CachedRoot {
     }
 }
 
-/// The cached tarball of the same minimal root with the real `systemd` package in it (its
-/// systemctl, for the host-entry tests: systemctl's own chroot check is what they judge).
+/// The cached tarball of the same minimal root with the real `systemd` and `dbus` packages in
+/// it, for the host-entry tests: systemctl's own chroot check, and a real systemd booted as
+/// PID 1 of a private PID namespace ([`crate::standin::StandInHost::boot_systemd`]).
 pub fn cached_systemd_root() -> PathBuf {
     let dir = cache_dir();
     let suite = mirror::host_codename();
-    let tarball = dir.join(format!("{suite}-root-systemd.tar"));
+    let tarball = dir.join(format!("{suite}-root-systemd-dbus.tar"));
     let _lock = FileLock::take(&dir.join("root-systemd.lock"));
     if !tarball.exists() {
         let mirror = mirror::debian_mirror(&suite).unwrap_or_else(|| {
             panic!("no Debian source for {suite} in the host's apt sources; set BOOTPATCH_MIRROR")
         });
-        let tmp = dir.join(format!("{suite}-root-systemd.tar.partial"));
+        let tmp = dir.join(format!("{suite}-root-systemd-dbus.tar.partial"));
         let mut c = Command::new("mmdebstrap");
         c.args([
             "--quiet",
             "--variant=apt",
             "--mode=root",
             "--format=tar",
-            "--include=systemd",
+            "--include=systemd,dbus",
             "--skip=download/empty",
             "--skip=essential/unlink",
         ])
@@ -114,8 +115,8 @@ impl Root {
         Self::from_tarball(&cached_root().tarball)
     }
 
-    /// The same with the real systemd package installed (not running: nothing here is
-    /// booted with systemd).
+    /// The same with the real systemd and dbus packages installed (not running unless booted
+    /// by [`crate::standin::StandInHost::boot_systemd`]).
     pub fn with_systemd() -> Root {
         Self::from_tarball(&cached_systemd_root())
     }

@@ -1,4 +1,6 @@
-//! A stand-in host for the updater's host-entry tests: a process started in new mount and PID
+//! Test hosts for the updater's host-entry tests. [`StandInHost::boot_systemd`] boots the
+//! root's real systemd as PID 1 of new PID and mount namespaces: real systemd-run, units,
+//! cgroups and restarts. [`StandInHost::start`] is the stand-in: a process started in new mount and PID
 //! namespaces whose root is a test Debian root, acting as that host's PID 1. The agent's
 //! `host-exec` targets its PID as it targets the real host's PID 1 (systemd) on a node, so
 //! what runs there sees / equal to /proc/1/root, as a host service does.
@@ -137,6 +139,73 @@ impl StandInHost {
                 panic!("the stand-in host did not start");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl StandInHost {
+    /// Boots the root's real systemd as PID 1 of new PID and mount namespaces (the root
+    /// pivoted to, its own /proc, /run a tmpfs, the machine's /dev and /sys), the nearest
+    /// this sandbox gets to a node. Waits until `systemctl is-system-running` says running or
+    /// degraded, asked through `entry host-exec` (the agent's own way in). Panics, naming
+    /// what it saw, if systemd does not come up in 90 s.
+    pub fn boot_systemd(root: &Root, entry: &std::path::Path) -> StandInHost {
+        let mut unshare = Command::new("unshare")
+            .args([
+                "--mount",
+                "--pid",
+                "--fork",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                "set -e; r=\"$1\"; mount --bind \"$r\" \"$r\"; mount -t proc proc \"$r/proc\"; \
+                 mount --rbind /dev \"$r/dev\"; mount --rbind /sys \"$r/sys\"; mount -t tmpfs tmpfs \"$r/run\"; \
+                 cd \"$r\"; mkdir -p .oldroot; pivot_root . .oldroot; umount -l /.oldroot; \
+                 exec /usr/bin/env -i container=bootpatch-test /lib/systemd/systemd --system",
+                "systemd-host",
+            ])
+            .arg(root.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting unshare");
+        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let start = Instant::now();
+        let mut said = String::new();
+        loop {
+            let pid: Option<u32> = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
+            if let Some(pid) = pid {
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                if exe.ends_with("systemd") {
+                    let out = Command::new(entry)
+                        .args(["host-exec", "--target-pid", &pid.to_string(), "--"])
+                        .args(["systemctl", "is-system-running"])
+                        .stdin(Stdio::null())
+                        .output()
+                        .expect("running the host entry");
+                    said = String::from_utf8_lossy(&out.stdout).trim().to_string()
+                        + &String::from_utf8_lossy(&out.stderr);
+                    if said == "running" || said == "degraded" {
+                        return StandInHost { pid, unshare };
+                    }
+                }
+            }
+            if start.elapsed() > Duration::from_secs(90)
+                || unshare.try_wait().ok().flatten().is_some()
+            {
+                if let Some(p) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+                let _ = unshare.kill();
+                let _ = unshare.wait();
+                panic!("systemd did not come up as PID 1 of the test host: {said:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }

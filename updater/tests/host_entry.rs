@@ -1,16 +1,22 @@
 //! The agent on its host: `RealHost` runs a real `bootpatch apply` (real apt and dpkg, a
 //! signed fixture repository) through the agent's own `host-exec` entry, as the transient unit
-//! `bootpatch-apply`, in a stand-in host (bootpatch_e2e::standin: new mount + PID namespaces
-//! whose root is a Debian root, its PID 1 standing in for systemd; `systemd-run` and
-//! `systemctl show` there are stand-in scripts). What these tests prove: the agent enters the
-//! target's namespaces and root with a clean environment, bootpatch's report comes back
-//! through the host file, a run in progress is reattached to and never started twice, and a
-//! maintainer script's `systemctl restart` is not swallowed by systemctl's chroot check (it
-//! goes on to look for systemd, which the stand-in host does not run), where the old `chroot
-//! /host` path gets "Running in chroot, ignoring request". What they cannot prove here: the
-//! restart itself, the unit's own cgroup and its survival of the pod under a real systemd;
-//! the VM tests (issue 14) do. Also here: SIGTERM and bad input, with the agent binary against
-//! the test API server. Needs root (CI is).
+//! `bootpatch-apply`, on a test host made of a Debian root with the real systemd and dbus
+//! packages, entered as the agent enters a node: by the PID of that host's PID 1.
+//!
+//! Two kinds of test host (bootpatch_e2e::standin):
+//! - a REAL systemd booted as PID 1 of new PID and mount namespaces (this sandbox allows it):
+//!   real systemd-run, unit, cgroup and restart. It proves the unit outlives its killed
+//!   client, the next agent reattaches without a second start, dpkg ran in the unit's cgroup,
+//!   and the postinst's `systemctl restart` restarted the service on the new code.
+//! - a STAND-IN host, PID 1 a shell loop, `systemd-run` and `systemctl show`/`reboot` shell
+//!   scripts that record what they are asked: fast, and it shows the difference at the chroot
+//!   check itself. Through the host entry, Debian's real systemctl passes its chroot check (/
+//!   is PID 1's root) and goes on to look for systemd; through a chroot into a root other than
+//!   PID 1's, the same request gets "Running in chroot, ignoring command".
+//!
+//! What only the VM tests (issue 14) prove: all this on a booted node, with the agent in a
+//! real pod (its cgroup, memory limit and SIGTERM from the kubelet). Also here: SIGTERM and bad
+//! input with the agent binary against the test API server. Needs root (CI is).
 
 mod common;
 
@@ -34,24 +40,41 @@ const RESTART_LOG: &str = "var/log/fixture-daemon-restart.log";
 /// (dh_installsystemd; deb-systemd-invoke ends in the same `systemctl restart`), and keeps
 /// what systemctl said. The real systemctl by its path, not the stand-in's. With
 /// /var/tmp/hold-daemon present it waits until the file is gone (a run in progress).
-const DAEMON_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  if [ -e /var/tmp/hold-daemon ]; then touch /var/tmp/daemon-held; while [ -e /var/tmp/hold-daemon ]; do sleep 0.1; done; fi\n  env > /var/log/fixture-daemon-env\n  /usr/bin/systemctl restart bootpatch-fixture-daemon.service > /var/log/fixture-daemon-restart.log 2>&1 || echo \"systemctl exit $?\" >> /var/log/fixture-daemon-restart.log\nfi\n";
+const DAEMON_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  if [ -e /var/tmp/hold-daemon ]; then touch /var/tmp/daemon-held; while [ -e /var/tmp/hold-daemon ]; do sleep 0.1; done; fi\n  env > /var/log/fixture-daemon-env\n  cat /proc/self/cgroup > /var/log/fixture-postinst-cgroup\n  /usr/bin/systemctl restart bootpatch-fixture-daemon.service > /var/log/fixture-daemon-restart.log 2>&1 || echo \"systemctl exit $?\" >> /var/log/fixture-daemon-restart.log\nfi\n";
+
+/// The daemon: logs which version started, then idles.
+const DAEMON_UNIT: &str = "[Unit]\nDescription=bootpatch test fixture daemon\n[Service]\nExecStart=/bin/sh /usr/lib/bootpatch-fixture/daemon\n";
+const DAEMON_SCRIPT: &str = "echo \"started $(cat /usr/share/bootpatch-fixture/daemon)\" >> /var/log/fixture-daemon.log\nexec sleep infinity\n";
+
+fn daemon(version: &str, data: &str) -> Pkg {
+    Pkg::new(DAEMON, version)
+        .file("/usr/share/bootpatch-fixture/daemon", data)
+        .file("/usr/lib/bootpatch-fixture/daemon", DAEMON_SCRIPT)
+        .file(
+            "/usr/lib/systemd/system/bootpatch-fixture-daemon.service",
+            DAEMON_UNIT,
+        )
+}
 
 /// A root with real systemd's systemctl, the daemon fixture at 1.0, a signed repository
 /// offering 2.0, and the stand-in systemd-run/systemctl.
 fn node() -> Root {
+    let root = node_without_stand_ins();
+    standin::install(&root);
+    root
+}
+
+/// The same without the stand-ins: for a real systemd.
+fn node_without_stand_ins() -> Root {
     let out = tempfile::tempdir().unwrap();
-    let v1 = Pkg::new(DAEMON, "1.0")
-        .file("/usr/share/bootpatch-fixture/daemon", "1\n")
-        .build(out.path());
-    let v2 = Pkg::new(DAEMON, "2.0")
-        .file("/usr/share/bootpatch-fixture/daemon", "2\n")
+    let v1 = daemon("1.0", "1\n").build(out.path());
+    let v2 = daemon("2.0", "2\n")
         .postinst(DAEMON_POSTINST)
         .build(out.path());
     let key = Key::generate("fixtures");
     let root = root::fixture_node_on(Root::with_systemd(), &[v2], &key);
     let deb = root.put(&v1, "var/tmp/v1");
     root.ok(&["dpkg", "-i", &deb]);
-    standin::install(&root);
     root
 }
 
@@ -241,6 +264,124 @@ fn a_run_in_progress_is_reattached_to_not_started_twice() {
     let again = rt.block_on(rh.apply()).unwrap();
     assert_eq!(again.result, "up-to-date");
     assert_eq!(starts(&root), 2);
+}
+
+/// Kills this process's `host-exec ... systemd-run` children and what they started, as a
+/// pod's death would (SIGKILL to everything in the pod's cgroup): the systemd-run client
+/// goes, the unit must not.
+fn kill_apply_clients() -> usize {
+    let mut killed = 0;
+    let children = |pid: &str| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|t| {
+                        std::fs::read_to_string(t.path().join("children"))
+                            .unwrap_or_default()
+                            .split_whitespace()
+                            .map(String::from)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let kill = |pid: &str| {
+        if let Some(p) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    };
+    for child in children("self") {
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("host-exec") && cmdline.contains("systemd-run") {
+            for grandchild in children(&child) {
+                kill(&grandchild);
+            }
+            kill(&child);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(180), "waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The same agent code against a real systemd (booted as PID 1 of the test host's PID
+/// namespace): the unit outlives its client, the next agent reattaches, dpkg ran in the
+/// unit's cgroup, and the postinst's restart really restarted the service on the new code.
+#[test]
+fn under_real_systemd_the_unit_outlives_its_client_and_restarts_the_service() {
+    let root = node_without_stand_ins();
+    root.write("var/tmp/hold-daemon", "");
+    let entry = std::path::Path::new(env!("CARGO_BIN_EXE_bootpatch-updater"));
+    let host = StandInHost::boot_systemd(&root, entry);
+    let rh = real_host(&root, &host);
+    let rt = rt();
+    let (code, _, err) = rt
+        .block_on(rh.host_run(&["systemctl", "start", "bootpatch-fixture-daemon.service"]))
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    wait_for("the daemon's first start", || {
+        root.read("var/log/fixture-daemon.log") == "started 1\n"
+    });
+
+    let first = {
+        let rh = rh.clone();
+        rt.spawn(async move { rh.apply().await })
+    };
+    wait_for("dpkg in the postinst", || {
+        root.path("var/tmp/daemon-held").exists()
+    });
+    // The pod dies: its agent and the systemd-run client with it.
+    first.abort();
+    assert_eq!(kill_apply_clients(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let unit = rt.block_on(rh.unit_state()).unwrap();
+    assert!(
+        unit.running(),
+        "the unit goes on without its client: {unit:?}"
+    );
+    assert!(unit.run_id.is_some(), "{unit:?}");
+
+    let second = {
+        let rh = rh.clone();
+        rt.spawn(async move { rh.apply().await })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!second.is_finished(), "waits for the run in progress");
+    std::fs::remove_file(root.path("var/tmp/hold-daemon")).unwrap();
+    let report = rt
+        .block_on(second)
+        .unwrap()
+        .expect("the reattached run's report");
+    assert_eq!(report.result, "patched");
+    assert_eq!(root.version_of(DAEMON).as_deref(), Some("2.0"));
+    // (/run is the host's own tmpfs here: seen through /proc/PID/root, as the agent reads it.)
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(rh.run_path(REPORT_FILE)).unwrap()).unwrap();
+    assert_eq!(rec["run_id"].as_str(), unit.run_id.as_deref());
+
+    // dpkg and its scripts ran in the unit's cgroup, not the caller's.
+    let cgroup = root.read("var/log/fixture-postinst-cgroup");
+    assert!(
+        cgroup.contains("/system.slice/bootpatch-apply.service"),
+        "{cgroup}"
+    );
+    // The restart was done, on the new code.
+    let said = root.read(RESTART_LOG);
+    assert!(!said.contains("Running in chroot"), "{said}");
+    wait_for("the daemon's restart on version 2", || {
+        root.read("var/log/fixture-daemon.log") == "started 1\nstarted 2\n"
+    });
+    // Collected after its run.
+    assert!(!rt.block_on(rh.unit_state()).unwrap().running());
 }
 
 #[test]
