@@ -497,14 +497,30 @@ fn sigterm_records_the_step_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("usr/local/sbin")).unwrap();
     std::fs::write(dir.path().join("usr/local/sbin/bootpatch"), "").unwrap();
+    let doc = include_str!("../../docs/state-schema.md");
+    let json = &doc[doc.find("```json").unwrap() + 7..];
+    std::fs::create_dir_all(dir.path().join("var/lib/bootpatch")).unwrap();
+    std::fs::write(
+        dir.path().join("var/lib/bootpatch/state.json"),
+        &json[..json.find("```").unwrap()],
+    )
+    .unwrap();
     let mut cmd = agent(&c, dir.path());
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it start and settle (its SIGTERM handler is in place before it first watches).
-    std::thread::sleep(Duration::from_secs(2));
+    // Running: it publishes the host's state file on the Node once it has started (its
+    // SIGTERM handler is in place before that).
+    let t = Instant::now();
+    while node_annotation(&c, ann::REBOOT_REQUIRED).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the agent never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let t = Instant::now();
