@@ -12,9 +12,14 @@ bootpatch: patch this node to the latest patch release of its OS stream
 
 Usage:
   bootpatch apply [--config FILE] [--reboot-if-required | --no-reboot] [--dry-run] [--json]
+                [--report-file PATH]
       Upgrade every package within the pinned stream, then reboot if a
       package requires it and rebooting is allowed (rebootIfRequired in the
       config, or the flags). --dry-run shows the plan and changes nothing.
+      --report-file also writes the run's record (run id from
+      $BOOTPATCH_RUN_ID or systemd's $INVOCATION_ID, exit code, the report or
+      the error) to PATH, atomically, so a caller that was not there when
+      the run ended can still read how it ended.
   bootpatch check [--config FILE] [--json]
       Show what would change (package, installed, candidate) and the
       Patched Version it would lead to.
@@ -51,6 +56,7 @@ struct Args {
     reboot: Option<bool>,
     dry_run: bool,
     json: bool,
+    report_file: Option<PathBuf>,
     verbosity: u8,
 }
 
@@ -89,12 +95,13 @@ fn parse(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Option<Ar
             Long("no-reboot") => a.reboot = Some(false),
             Long("dry-run") => a.dry_run = true,
             Long("json") => a.json = true,
+            Long("report-file") => a.report_file = Some(p.value().map_err(usage)?.into()),
             Value(v) if a.command.is_empty() => a.command = v.string().map_err(usage)?,
             other => return Err(usage(other.unexpected())),
         }
     }
     let allowed: &[&str] = match a.command.as_str() {
-        "apply" => &["config", "reboot", "dry-run", "json"],
+        "apply" => &["config", "reboot", "dry-run", "json", "report-file"],
         "check" => &["config", "json"],
         "status" => &["json"],
         "firstboot" => &["config"],
@@ -115,6 +122,7 @@ fn parse(argv: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Option<Ar
         ("reboot", a.reboot.is_some()),
         ("dry-run", a.dry_run),
         ("json", a.json),
+        ("report-file", a.report_file.is_some()),
     ] {
         if given && !allowed.contains(&name) {
             return Err(Error::Usage(format!(
@@ -283,10 +291,11 @@ pub fn main_with(argv: impl IntoIterator<Item = std::ffi::OsString>, paths: &Pat
         }
     };
     log::init(args.verbosity);
-    let result = dispatch(&args, paths);
+    let mut report = None;
+    let result = dispatch(&args, paths, &mut report);
     log::debug(&self_usage());
-    match result {
-        Ok(code) => code,
+    let code = match &result {
+        Ok(code) => *code,
         Err(e) => {
             log::error(&e.to_string());
             if args.json {
@@ -296,6 +305,64 @@ pub fn main_with(argv: impl IntoIterator<Item = std::ffi::OsString>, paths: &Pat
             }
             e.exit_code()
         }
+    };
+    if let Some(path) = &args.report_file {
+        let record = ApplyRecord {
+            run_id: ApplyRecord::run_id_from_env(),
+            finished_at: crate::time::rfc3339(crate::time::now_unix()),
+            exit_code: code,
+            exit_label: exit::label(code).to_string(),
+            report,
+            error: result.as_ref().err().map(|e| RecordError {
+                kind: e.kind().to_string(),
+                message: e.to_string(),
+            }),
+        };
+        if let Err(e) = record.write(path) {
+            log::error(&format!("writing the report file {}: {e}", path.display()));
+            if code == exit::OK {
+                return exit::INTERNAL;
+            }
+        }
+    }
+    code
+}
+
+/// What `apply --report-file PATH` leaves at PATH: how the run ended, for a caller that may
+/// not have been there to see it (the updater agent, whose pod can die while the run goes
+/// on as a systemd unit). Written atomically (temporary file + rename), after the run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRecord {
+    /// `$BOOTPATCH_RUN_ID`, else systemd's `$INVOCATION_ID`: tells this run's record from an
+    /// earlier run's.
+    pub run_id: Option<String>,
+    pub finished_at: String,
+    pub exit_code: i32,
+    /// [`exit::label`] of `exit_code`.
+    pub exit_label: String,
+    /// The report `--json` prints, when the run got that far.
+    pub report: Option<ApplyReport>,
+    pub error: Option<RecordError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl ApplyRecord {
+    pub fn run_id_from_env() -> Option<String> {
+        ["BOOTPATCH_RUN_ID", "INVOCATION_ID"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("record serializes") + "\n";
+        crate::state::write_atomic(path, text.as_bytes(), 0o644)
     }
 }
 
@@ -327,7 +394,7 @@ pub fn self_usage() -> String {
     )
 }
 
-fn dispatch(a: &Args, paths: &Paths) -> Result<i32> {
+fn dispatch(a: &Args, paths: &Paths, report: &mut Option<ApplyReport>) -> Result<i32> {
     match a.command.as_str() {
         "apply" => {
             let cfg = load_config(a.config.as_deref())?;
@@ -342,6 +409,7 @@ fn dispatch(a: &Args, paths: &Paths) -> Result<i32> {
             } else {
                 print_apply(&r)
             }
+            *report = Some(r);
             Ok(exit::OK)
         }
         "check" => {
@@ -415,6 +483,56 @@ mod tests {
             let e = p(bad).unwrap_err();
             assert_eq!(e.exit_code(), exit::USAGE, "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn report_file_records_how_the_run_ended() {
+        assert_eq!(
+            p(&["apply", "--report-file", "/r.json"])
+                .unwrap()
+                .unwrap()
+                .report_file
+                .as_deref(),
+            Some(Path::new("/r.json"))
+        );
+        assert_eq!(
+            p(&["check", "--report-file", "/r.json"])
+                .unwrap_err()
+                .exit_code(),
+            exit::USAGE
+        );
+        // A run that fails before any package is touched (its config is missing) still leaves
+        // a record: exit code, label, error, no report; written whole, no temporary left.
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("run/apply-report.json");
+        std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+        std::fs::write(&report, "stale").unwrap();
+        let missing = dir.path().join("missing.yaml");
+        let argv = [
+            "apply".as_ref(),
+            "--no-reboot".as_ref(),
+            "--config".as_ref(),
+            missing.as_os_str(),
+            "--report-file".as_ref(),
+            report.as_os_str(),
+        ];
+        let code = main_with(argv.iter().map(std::ffi::OsString::from), &Paths::default());
+        assert_eq!(code, exit::CONFIG);
+        let rec: ApplyRecord =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(rec.exit_code, exit::CONFIG);
+        assert_eq!(rec.exit_label, exit::label(exit::CONFIG));
+        assert!(rec.report.is_none());
+        let err = rec.error.unwrap();
+        assert_eq!(err.kind, "config");
+        assert!(err.message.contains("missing.yaml"), "{}", err.message);
+        assert_eq!(
+            std::fs::read_dir(report.parent().unwrap()).unwrap().count(),
+            1
+        );
+        // A renamed field is an error, not a default.
+        let text = std::fs::read_to_string(&report).unwrap();
+        assert!(serde_json::from_str::<ApplyRecord>(&text.replace("exit_code", "code")).is_err());
     }
 
     #[test]

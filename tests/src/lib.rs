@@ -10,6 +10,7 @@ pub mod images;
 pub mod mirror;
 pub mod repo;
 pub mod root;
+pub mod standin;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -65,6 +65,39 @@ pub fn cached_root() -> CachedRoot {
     }
 }
 
+/// The cached tarball of the same minimal root with the real `systemd` and `dbus` packages in
+/// it, for the host-entry tests: systemctl's own chroot check, and a real systemd booted as
+/// PID 1 of a private PID namespace ([`crate::standin::StandInHost::boot_systemd`]).
+pub fn cached_systemd_root() -> PathBuf {
+    let dir = cache_dir();
+    let suite = mirror::host_codename();
+    let tarball = dir.join(format!("{suite}-root-systemd-dbus.tar"));
+    let _lock = FileLock::take(&dir.join("root-systemd.lock"));
+    if !tarball.exists() {
+        let mirror = mirror::debian_mirror(&suite).unwrap_or_else(|| {
+            panic!("no Debian source for {suite} in the host's apt sources; set BOOTPATCH_MIRROR")
+        });
+        let tmp = dir.join(format!("{suite}-root-systemd-dbus.tar.partial"));
+        let mut c = Command::new("mmdebstrap");
+        c.args([
+            "--quiet",
+            "--variant=apt",
+            "--mode=root",
+            "--format=tar",
+            "--include=systemd,dbus",
+            "--skip=download/empty",
+            "--skip=essential/unlink",
+        ])
+        .arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb")
+        .arg(&suite)
+        .arg(&tmp)
+        .arg(format!("deb {mirror} {suite} main"));
+        sh(c);
+        std::fs::rename(&tmp, &tarball).unwrap();
+    }
+    tarball
+}
+
 /// A fresh Debian root in a temporary directory.
 pub struct Root {
     dir: tempfile::TempDir,
@@ -79,14 +112,23 @@ impl Default for Root {
 impl Root {
     /// Unpacks the cached root and installs bootpatch at /usr/local/sbin.
     pub fn new() -> Root {
-        let cached = cached_root();
+        Self::from_tarball(&cached_root().tarball)
+    }
+
+    /// The same with the real systemd and dbus packages installed (not running unless booted
+    /// by [`crate::standin::StandInHost::boot_systemd`]).
+    pub fn with_systemd() -> Root {
+        Self::from_tarball(&cached_systemd_root())
+    }
+
+    fn from_tarball(tarball: &Path) -> Root {
         let dir = tempfile::Builder::new()
             .prefix("bootpatch-root-")
             .tempdir_in(cache_dir())
             .unwrap();
         sh({
             let mut c = Command::new("tar");
-            c.arg("-xf").arg(&cached.tarball).arg("-C").arg(dir.path());
+            c.arg("-xf").arg(tarball).arg("-C").arg(dir.path());
             c
         });
         let root = Root { dir };
@@ -171,7 +213,11 @@ impl Root {
 /// at /srv/bootpatch-repo (bookworm-updates), signed by `key`, which the
 /// root's bootpatch config uses alone (`sourcesMode: only`).
 pub fn fixture_node(repo_debs: &[PathBuf], key: &crate::repo::Key) -> Root {
-    let root = Root::new();
+    fixture_node_on(Root::new(), repo_debs, key)
+}
+
+/// [`fixture_node`] on a given root (e.g. [`Root::with_systemd`]).
+pub fn fixture_node_on(root: Root, repo_debs: &[PathBuf], key: &crate::repo::Key) -> Root {
     let mut args = vec!["dpkg".to_string(), "-i".into()];
     for deb in &crate::fixtures::fixtures().v1 {
         args.push(root.put(deb, "var/tmp/v1"));

@@ -1202,6 +1202,62 @@ impl Agent {
     }
 }
 
+/// What the agent records when it is told to stop (SIGTERM from a rollout, an eviction, a
+/// node shutdown): the step it was at, on the Node (annotation + Event). It does nothing to
+/// the host: a `bootpatch apply` in progress goes on as its own systemd unit, and the next
+/// agent resumes from the recorded step and reattaches to the run. Bounded in time, so the
+/// agent exits well within the pod's grace period.
+pub async fn record_stop(client: &kube::Client, node: &str, signal: &str) -> anyhow::Result<Step> {
+    let work = async {
+        let n = Api::<Node>::all(client.clone()).get(node).await?;
+        let step = nodeann::step_of(&n);
+        let msg = format!(
+            "agent stopped by {signal} at step {step}; the host is left alone (a bootpatch run in progress goes on as {}.service) and the next agent resumes from this step",
+            crate::host::UNIT
+        );
+        annotate(
+            client,
+            node,
+            &[(
+                nodeann::AGENT_STOPPED,
+                Some(format!("{} {signal} at step {step}", now_rfc3339())),
+            )],
+        )
+        .await?;
+        info!(node, step = %step, "{msg}");
+        event(client, node, false, "OSPatchAgentStopped", &msg).await?;
+        Ok::<Step, anyhow::Error>(step)
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| anyhow::anyhow!("recording the stop on node {node} timed out"))?
+}
+
+/// Leaves a readable reason on the Node when the agent cannot start (no host root, no
+/// bootpatch on the host): `last-result` `agent-error` and the message in `last-message`.
+pub async fn record_startup_error(
+    client: &kube::Client,
+    node: &str,
+    message: &str,
+) -> anyhow::Result<()> {
+    let work = async {
+        annotate(
+            client,
+            node,
+            &[
+                (nodeann::LAST_RESULT, Some("agent-error".into())),
+                (nodeann::LAST_MESSAGE, Some(message.to_string())),
+            ],
+        )
+        .await?;
+        event(client, node, true, "OSPatchAgentError", message).await?;
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| anyhow::anyhow!("recording the error on node {node} timed out"))?
+}
+
 enum Consider {
     Wait(Option<DateTime<Utc>>),
     Run(&'static str),

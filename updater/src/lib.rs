@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cycle;
 pub mod drain;
 pub mod host;
+pub mod hostns;
 pub mod kube_util;
 pub mod metrics;
 pub mod node;

@@ -27,6 +27,8 @@ pub const BOOT_ID: &str = "ospatch.bootpatch.io/boot-id";
 pub const FIRST_BOOT_RESULT: &str = "ospatch.bootpatch.io/first-boot-result";
 pub const WORKLOADS_MOVED: &str = "ospatch.bootpatch.io/workloads-moved";
 pub const SLOT: &str = "ospatch.bootpatch.io/slot";
+/// When and at which step the agent last stopped on a signal (SIGTERM: rollout, eviction).
+pub const AGENT_STOPPED: &str = "ospatch.bootpatch.io/agent-stopped";
 
 /// Node labels of managed node pools, where in-place patching is not offered.
 pub const MANAGED_POOL_LABELS: [(&str, &str); 3] = [

@@ -32,9 +32,13 @@ struct Args {
     /// Host root mount.
     #[arg(long, default_value = "/host")]
     host_root: std::path::PathBuf,
-    /// bootpatch inside the host root.
+    /// bootpatch's path on the host.
     #[arg(long, default_value = "/usr/local/sbin/bootpatch")]
     bootpatch: String,
+    /// The process whose namespaces and root are the host's (hostPID: true makes PID 1 the
+    /// host's systemd).
+    #[arg(long, default_value_t = 1, hide = true)]
+    host_pid: u32,
     /// Seconds a slot lives without renewal before another node may take it over.
     #[arg(long, default_value_t = 60)]
     lease_seconds: u64,
@@ -49,11 +53,17 @@ struct Args {
     log_format: String,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // `host-exec` (the way onto the host, see updater::hostns) must run before any thread
+    // exists: a multi-threaded process cannot join a mount namespace.
+    updater::hostns::main_if_host_exec();
     let args = Args::parse();
     updater::telemetry::init(args.log_format == "json");
-    if let Err(e) = run(args).await {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    if let Err(e) = rt.block_on(run(args)) {
         tracing::error!("{e:#}");
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -68,11 +78,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.patch_policy_name = args.patch_policy;
     opts.lease_duration = Duration::from_secs(args.lease_seconds.max(5));
     let kube = updater::kube_util::client_for_agent(opts.watch_timeout).await?;
-    let host = Arc::new(updater::host::RealHost {
+    let host = updater::host::RealHost {
         root: args.host_root,
         bootpatch: args.bootpatch,
-    });
-    let agent = updater::agent::Agent::new(opts, kube, host);
+        target_pid: args.host_pid,
+        ..updater::host::RealHost::default()
+    };
+    let client = kube.client.clone();
+    let node = args.node.clone();
+    if let Err(e) = host.check() {
+        let msg = format!("{e:#}");
+        if let Err(e2) = updater::agent::record_startup_error(&client, &node, &msg).await {
+            tracing::warn!(error = %format!("{e2:#}"), "recording the error on the node");
+        }
+        return Err(e);
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("handling SIGTERM")?;
+    let agent = updater::agent::Agent::new(opts, kube, Arc::new(host));
     let _metrics = updater::metrics::serve(
         args.metrics_addr,
         updater::metrics::metrics_handler(agent.metrics.clone(), agent.healthy.clone()),
@@ -99,8 +122,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
-    tokio::select! {
-        r = agent.run() => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+    let signal = tokio::select! {
+        r = agent.run() => return r,
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    // The agent's work is dropped here; the host's run, if any, is not touched (it is its
+    // own systemd unit, and the host-exec child is not killed).
+    match updater::agent::record_stop(&client, &node, signal).await {
+        Ok(step) => tracing::info!(step = %step, "stopped by {signal}"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "recording the stop on the node"),
     }
+    Ok(())
 }
