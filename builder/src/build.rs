@@ -17,14 +17,100 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A path in the repository: relative to the working directory when it
-/// exists there, else relative to the source tree the builder was built from.
-pub fn repo_path(rel: &str) -> PathBuf {
-    let here = PathBuf::from(rel);
-    if here.exists() {
-        return here;
+/// The source tree this builder was built from, when the builder runs
+/// inside it (the working directory is in it) and it is still there.
+fn source_tree() -> Option<PathBuf> {
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .ok()?;
+    let cwd = std::env::current_dir().ok()?.canonicalize().ok()?;
+    (cwd.starts_with(&tree) && tree.join("scripts/build-bootpatch").is_file()).then_some(tree)
+}
+
+/// Where the bootpatch to bake in comes from.
+enum BootpatchFrom {
+    File(PathBuf),
+    /// Built by the tree's scripts/build-bootpatch.
+    SourceTree(PathBuf),
+}
+
+/// The bootpatch to bake in: `--bootpatch`, else `bootpatch` installed
+/// beside this builder, else (inside the source tree only) a fresh build by
+/// scripts/build-bootpatch. Checked before any work starts.
+fn locate_bootpatch(given: Option<&Path>) -> Result<BootpatchFrom> {
+    if let Some(b) = given {
+        check_bootpatch(b)?;
+        return Ok(BootpatchFrom::File(b.to_path_buf()));
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("bootpatch")));
+    let tree = source_tree();
+    if let Some(b) = beside.filter(|b| b.is_file()) {
+        match (check_bootpatch(&b), &tree) {
+            (Ok(()), _) => return Ok(BootpatchFrom::File(b)),
+            // In the source tree, target/*/bootpatch may be a plain (dynamic)
+            // cargo build: build the static one instead.
+            (Err(_), Some(_)) => {}
+            (Err(e), None) => return Err(e.context("the bootpatch installed beside this builder")),
+        }
+    }
+    match tree {
+        Some(tree) => Ok(BootpatchFrom::SourceTree(tree)),
+        None => bail!(
+            "no bootpatch binary to bake in: pass --bootpatch FILE (a static x86-64 build, \
+             e.g. from scripts/build-bootpatch), install `bootpatch` beside this builder ({}), \
+             or run the builder inside its source tree, which builds it",
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.display().to_string()))
+                .unwrap_or_else(|| "?".into())
+        ),
+    }
+}
+
+/// Refuses a bootpatch that cannot run on the node: not an x86-64 ELF
+/// executable, or dynamically linked (the image carries no Rust runtime
+/// libraries, and bootpatch must run before anything else is repaired).
+pub fn check_bootpatch(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    fs::File::open(path)
+        .with_context(|| format!("--bootpatch {}", path.display()))?
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .with_context(|| format!("--bootpatch {}: reading", path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("--bootpatch {}: {why}", path.display());
+    if head.len() < 64 || &head[0..4] != b"\x7fELF" {
+        return Err(bad("not an ELF executable"));
+    }
+    if head[4] != 2 || head[5] != 1 {
+        return Err(bad("not a 64-bit little-endian ELF file"));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+    let machine = u16_at(18);
+    if machine != 62 {
+        return Err(bad(&format!(
+            "built for ELF machine {machine}, not x86-64 (62)"
+        )));
+    }
+    let phoff = u64::from_le_bytes(head[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        if at + 4 > head.len() {
+            return Err(bad("program headers beyond the first 64 KiB"));
+        }
+        // PT_INTERP: asks for a dynamic loader.
+        if u32::from_le_bytes(head[at..at + 4].try_into().unwrap()) == 3 {
+            return Err(bad(
+                "dynamically linked (it names a program interpreter); build it static, \
+                 as scripts/build-bootpatch does",
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn run(args: BuildArgs) -> Result<i32> {
@@ -131,12 +217,10 @@ fn now() -> u64 {
 pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     let pid = std::process::id();
     // ---- spec and inputs: everything checked before anything is written.
+    let mut bootpatch_from = None;
     let (loaded, formats, lock_in, sources, epoch, out_dir) = p.step("spec", || {
-        let spec_path = args
-            .spec
-            .clone()
-            .unwrap_or_else(|| repo_path(spec::DEFAULT_SPEC));
-        let mut loaded = spec::load(&spec_path)?;
+        let mut loaded = spec::resolve(args.spec.as_deref())?;
+        bootpatch_from = Some(locate_bootpatch(args.bootpatch.as_deref())?);
         if let Some(why) = &loaded.spec.not_built_here {
             bail!("{}: this stream is not built here: {why}", loaded.path);
         }
@@ -228,13 +312,15 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     let root = work.join("root");
 
     // ---- bootpatch binary
-    let bootpatch_bin = p.step("bootpatch binary", || match &args.bootpatch {
-        Some(b) => Ok(b.clone()),
-        None => {
-            let script = repo_path("scripts/build-bootpatch");
-            let out = crate::cmd::run(&mut std::process::Command::new(&script))?;
+    let bootpatch_bin = p.step("bootpatch binary", || match bootpatch_from.take() {
+        Some(BootpatchFrom::File(b)) => Ok(b),
+        Some(BootpatchFrom::SourceTree(tree)) => {
+            let out = crate::cmd::run(&mut std::process::Command::new(
+                tree.join("scripts/build-bootpatch"),
+            ))?;
             Ok(PathBuf::from(out.trim()))
         }
+        None => bail!("no bootpatch located"),
     })?;
 
     // ---- root file system
@@ -289,7 +375,7 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 &root,
                 &rootfs::NodeFiles {
                     bootpatch_binary: &bootpatch_bin,
-                    firstboot_unit: &repo_path("templates/systemd/bootpatch-firstboot.service"),
+                    firstboot_unit: crate::shipped::FIRSTBOOT_UNIT,
                     bootpatch_config: &loaded.bootpatch_config,
                     sources: &sources,
                     root_partuuid: &layout.root.guid,

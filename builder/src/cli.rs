@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "builder",
-    version,
+    version = crate::VERSION,
     about = "Build, verify and boot node images; render cloud-init user-data"
 )]
 pub struct Cli {
@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Build an image from a spec (default: images/debian-12.yaml)
+    /// Build an image from a spec: a shipped spec by name (debian-12, the default) or a YAML file
     Build(BuildArgs),
     /// Re-hash every artifact of a build against its manifest
     Verify(VerifyArgs),
@@ -46,9 +46,11 @@ pub struct AgentImageArgs {
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// Image spec (YAML)
+    /// A shipped spec by name (debian-12, debian-13, ubuntu-24.04) or a spec file (YAML);
+    /// default: debian-12
     pub spec: Option<PathBuf>,
-    #[arg(long)]
+    /// Output folder, made whole or not at all (default: out/NAME)
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Comma-separated list of outputs (raw,qcow2,vhd,ova,gcp)
     #[arg(long, value_delimiter = ',')]
@@ -56,11 +58,14 @@ pub struct BuildArgs {
     /// Rebuild from packages.lock and the local package cache, without network
     #[arg(long)]
     pub locked: bool,
+    /// Print only errors and the final summary
     #[arg(long)]
     pub quiet: bool,
+    /// Print one JSON event per line (steps, hygiene, done) instead of progress
     #[arg(long)]
     pub json: bool,
-    /// The bootpatch binary to bake in (default: built by scripts/build-bootpatch)
+    /// The static x86-64 bootpatch binary to bake in (default: `bootpatch` beside this
+    /// builder, else built by scripts/build-bootpatch when run inside the source tree)
     #[arg(long)]
     pub bootpatch: Option<PathBuf>,
     /// Package cache folder (default: $BUILDER_CACHE or ~/.cache/bootpatch-builder)
@@ -76,19 +81,25 @@ pub struct BuildArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// A build's output folder (holding manifest.json)
     pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
 pub struct BootArgs {
+    /// The disk to boot (raw, qcow2 or vhd, by its extension)
     pub disk: PathBuf,
-    #[arg(long)]
+    /// A NoCloud seed volume (builder seed), attached read-only
+    #[arg(long, value_name = "ISO")]
     pub seed: Option<PathBuf>,
-    #[arg(long = "disk")]
+    /// Another disk to attach (may be repeated)
+    #[arg(long = "disk", value_name = "EXTRA")]
     pub extra_disks: Vec<PathBuf>,
+    /// Seconds before the guest is stopped (exit code 124)
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-    #[arg(long)]
+    /// Write the serial console here (default: to stdout)
+    #[arg(long, value_name = "FILE")]
     pub serial: Option<PathBuf>,
     /// Stop the guest and succeed once the serial console shows this text
     #[arg(long)]
@@ -118,31 +129,41 @@ pub struct BootArgs {
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {
+    /// aws, azure, gcp, vsphere, openstack or nocloud
     #[arg(long)]
     pub provider: String,
-    #[arg(long)]
+    /// A YAML file of template values
+    #[arg(long, value_name = "FILE")]
     pub values: Option<PathBuf>,
     /// key=value, may be repeated
     #[arg(long = "set")]
     pub set: Vec<String>,
-    #[arg(long)]
+    /// Write the user-data here (default: stdout)
+    #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    #[arg(long)]
+    /// For images without bootpatch: download it from this URL on first boot
+    #[arg(long, value_name = "URL")]
     pub bootpatch_url: Option<String>,
-    #[arg(long)]
+    /// The SHA-256 the downloaded bootpatch must have (with --bootpatch-url)
+    #[arg(long, value_name = "HEX")]
     pub bootpatch_sha256: Option<String>,
-    #[arg(long)]
+    /// For images without bootpatch: embed this binary in the user-data
+    #[arg(long, value_name = "FILE")]
     pub embed_bootpatch: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct SeedArgs {
-    #[arg(long)]
+    /// The user-data file (e.g. from builder render)
+    #[arg(long, value_name = "FILE")]
     pub user_data: PathBuf,
-    #[arg(long)]
+    /// The meta-data file (default: an instance id and host name made for it)
+    #[arg(long, value_name = "FILE")]
     pub meta_data: Option<PathBuf>,
-    #[arg(long)]
+    /// A network-config file (version 2)
+    #[arg(long, value_name = "FILE")]
     pub network_config: Option<PathBuf>,
-    #[arg(long)]
+    /// The seed volume to write (ISO 9660, label cidata)
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 }

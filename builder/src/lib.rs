@@ -4,6 +4,14 @@
 //! Each subcommand of the `builder` binary lives in its own module and is
 //! entered through a `run` function taking the parsed arguments from [`cli`].
 
+/// `builder --version`: the version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILDER_COMMIT"),
+    ")"
+);
+
 pub mod boot;
 pub mod build;
 pub mod cli;
@@ -21,5 +29,6 @@ pub mod qmp;
 pub mod render;
 pub mod rootfs;
 pub mod seed;
+pub mod shipped;
 pub mod spec;
 pub mod verify;

@@ -163,7 +163,8 @@ pub fn mmdebstrap(
 /// Everything the node needs beyond its packages.
 pub struct NodeFiles<'a> {
     pub bootpatch_binary: &'a Path,
-    pub firstboot_unit: &'a Path,
+    /// The first-boot unit: its file name and text.
+    pub firstboot_unit: (&'a str, &'a str),
     pub bootpatch_config: &'a str,
     pub sources: &'a [Source],
     pub root_partuuid: &'a str,
@@ -207,15 +208,9 @@ pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
     let bin = fs::read(f.bootpatch_binary)
         .with_context(|| format!("reading {}", f.bootpatch_binary.display()))?;
     write(root, "/usr/local/sbin/bootpatch", &bin, 0o755)?;
-    let unit = fs::read(f.firstboot_unit)
-        .with_context(|| format!("reading {}", f.firstboot_unit.display()))?;
-    let unit_name = f
-        .firstboot_unit
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("unit file name")?;
+    let (unit_name, unit) = f.firstboot_unit;
     let unit_path = format!("/etc/systemd/system/{unit_name}");
-    write(root, &unit_path, &unit, 0o644)?;
+    write(root, &unit_path, unit.as_bytes(), 0o644)?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
     fs::create_dir_all(&wants)?;
     let link = wants.join(unit_name);

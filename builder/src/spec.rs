@@ -10,7 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::path::Path;
 
-/// The spec `builder build` uses when none is given.
+/// The file of the spec `builder build` uses when none is given (shipped
+/// in the binary as [`crate::shipped::DEFAULT`]).
 pub const DEFAULT_SPEC: &str = "images/debian-12.yaml";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -368,7 +369,28 @@ pub struct LoadedSpec {
 pub fn load(path: &Path) -> Result<LoadedSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let origin = path.display().to_string();
+    load_text(text, path.display().to_string())
+}
+
+/// What `builder build [SPEC]` names: a spec file when one exists at that
+/// path, else a shipped spec by name (`debian-12`), the default when none.
+pub fn resolve(arg: Option<&Path>) -> Result<LoadedSpec> {
+    let name = match arg {
+        None => crate::shipped::DEFAULT,
+        Some(p) if p.is_file() => return load(p),
+        Some(p) => p.to_str().unwrap_or(""),
+    };
+    match crate::shipped::spec(name) {
+        Some(text) => load_text(text.to_string(), format!("images/{name}.yaml (shipped)")),
+        None => bail!(
+            "{}: no such spec file, and no shipped spec of that name (shipped: {})",
+            arg.map(|p| p.display().to_string()).unwrap_or_default(),
+            crate::shipped::names()
+        ),
+    }
+}
+
+fn load_text(text: String, origin: String) -> Result<LoadedSpec> {
     let spec = parse(&text, &origin)?;
     let bootpatch_config = bootpatch_config(&spec, &origin)?;
     Ok(LoadedSpec {

@@ -773,12 +773,13 @@ fn bad_spec_is_refused_with_no_output() {
 fn failed_step_is_named_and_leaves_nothing() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
+    let bootpatch = bootpatch_e2e::bootpatch_bin();
     let o = builder(&[
         "build",
         "--out",
         out.to_str().unwrap(),
         "--bootpatch",
-        "/nonexistent/bootpatch",
+        bootpatch.to_str().unwrap(),
         "--cache",
         t.path().join("empty-cache").to_str().unwrap(),
         "--locked",

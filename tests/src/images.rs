@@ -131,13 +131,12 @@ fn build_once(name: &str) -> Built {
         return Built { dir, cache, events };
     }
     remove_other_entries(&base, name);
-    let (bin, spec) = (
-        crate::bootpatch_bin(),
-        workspace().join(format!("images/{name}.yaml")),
-    );
+    let bin = crate::bootpatch_bin();
+    // As an installed builder runs: the shipped spec by name, from a folder
+    // outside the source tree (the spec file is still in the cache key).
     let mut c = Command::new(builder_bin());
     c.arg("build")
-        .arg(&spec)
+        .arg(name)
         .arg("--out")
         .arg(&dir)
         .arg("--cache")
@@ -145,7 +144,7 @@ fn build_once(name: &str) -> Built {
         .arg("--bootpatch")
         .arg(&bin)
         .arg("--json")
-        .current_dir(workspace());
+        .current_dir(std::env::temp_dir());
     let t = std::time::Instant::now();
     let events = sh(c);
     eprintln!(
