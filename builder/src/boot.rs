@@ -162,14 +162,8 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         "-machine", machine, "-accel", "tcg", "-cpu", "max", "-smp", "2",
     ])
     .args(["-m", &a.memory.to_string()])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-nic",
-        "none",
-    ]);
+    .args(["-nodefaults", "-no-user-config", "-display", "none"])
+    .args(network_args(&a.forward)?);
     if let Some((code, _)) = ovmf {
         if a.firmware == Firmware::Secureboot {
             q.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
@@ -306,6 +300,37 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// The address a guest reaches `--forward`ed host ports at.
+pub const FORWARD_ADDR: &str = "10.0.2.100";
+
+/// No network, or with `--forward`: QEMU's user-mode network with
+/// `restrict=on` (the guest reaches nothing else, and nothing leaves the
+/// machine) and one `guestfwd` per forward, from FORWARD_ADDR:GUEST_PORT to
+/// the host's loopback HOST_PORT.
+pub fn network_args(forwards: &[String]) -> Result<Vec<String>> {
+    if forwards.is_empty() {
+        return Ok(vec!["-nic".into(), "none".into()]);
+    }
+    let mut netdev = String::from("user,id=net0,restrict=on");
+    for f in forwards {
+        let parsed = f
+            .split_once(':')
+            .and_then(|(g, h)| Some((g.parse::<u16>().ok()?, h.parse::<u16>().ok()?)));
+        let Some((guest, host)) = parsed.filter(|(g, h)| *g > 0 && *h > 0) else {
+            bail!("--forward {f:?}: expected GUEST_PORT:HOST_PORT, e.g. 8080:38080");
+        };
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{FORWARD_ADDR}:{guest}-tcp:127.0.0.1:{host}"
+        ));
+    }
+    Ok(vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        "virtio-net-pci,netdev=net0".into(),
+    ])
+}
+
 const STATE_FILE: &str = "state";
 const VARS_FILE: &str = "OVMF_VARS.fd";
 const FIRMWARE_FILE: &str = "firmware";
@@ -342,6 +367,20 @@ fn save_state(qmp: &mut Qmp, dir: &Path, vars: Option<&Path>, fw: Firmware) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwards_are_restricted_guestfwd_rules() {
+        assert_eq!(network_args(&[]).unwrap(), ["-nic", "none"]);
+        let a = network_args(&["8080:38080".into(), "6443:40000".into()]).unwrap();
+        assert_eq!(
+            a[1],
+            "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:8080-tcp:127.0.0.1:38080,guestfwd=tcp:10.0.2.100:6443-tcp:127.0.0.1:40000"
+        );
+        for bad in ["8080", "x:1", "0:1", "1:70000"] {
+            let e = network_args(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("GUEST_PORT:HOST_PORT"), "{e}");
+        }
+    }
 
     #[test]
     fn formats_by_name() {

@@ -220,7 +220,9 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     let mut bootpatch_from = None;
     let (loaded, formats, lock_in, sources, epoch, out_dir) = p.step("spec", || {
         let mut loaded = spec::resolve(args.spec.as_deref())?;
-        bootpatch_from = Some(locate_bootpatch(args.bootpatch.as_deref())?);
+        if loaded.spec.bake_bootpatch {
+            bootpatch_from = Some(locate_bootpatch(args.bootpatch.as_deref())?);
+        }
         if let Some(why) = &loaded.spec.not_built_here {
             bail!("{}: this stream is not built here: {why}", loaded.path);
         }
@@ -320,7 +322,8 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
             ))?;
             Ok(PathBuf::from(out.trim()))
         }
-        None => bail!("no bootpatch located"),
+        // bakeBootpatch: false
+        None => Ok(PathBuf::new()),
     })?;
 
     // ---- root file system
@@ -374,7 +377,7 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
             rootfs::install_node_files(
                 &root,
                 &rootfs::NodeFiles {
-                    bootpatch_binary: &bootpatch_bin,
+                    bootpatch_binary: spec.bake_bootpatch.then_some(bootpatch_bin.as_path()),
                     firstboot_unit: crate::shipped::FIRSTBOOT_UNIT,
                     bootpatch_config: &loaded.bootpatch_config,
                     sources: &sources,

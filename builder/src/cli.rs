@@ -125,6 +125,10 @@ pub struct BootArgs {
     /// and Microsoft's keys enrolled (q35 with SMM)
     #[arg(long, value_enum, default_value_t = crate::boot::Firmware::Uefi)]
     pub firmware: crate::boot::Firmware,
+    /// Give the guest a user-mode network restricted to this: 10.0.2.100:GUEST_PORT
+    /// reaches the host's 127.0.0.1:HOST_PORT (may be repeated; default: no network)
+    #[arg(long, value_name = "GUEST_PORT:HOST_PORT")]
+    pub forward: Vec<String>,
 }
 
 #[derive(Args, Debug)]

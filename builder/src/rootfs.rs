@@ -162,7 +162,8 @@ pub fn mmdebstrap(
 
 /// Everything the node needs beyond its packages.
 pub struct NodeFiles<'a> {
-    pub bootpatch_binary: &'a Path,
+    /// None: bootpatch is not baked in (no binary, unit or config).
+    pub bootpatch_binary: Option<&'a Path>,
     /// The first-boot unit: its file name and text.
     pub firstboot_unit: (&'a str, &'a str),
     pub bootpatch_config: &'a str,
@@ -202,11 +203,9 @@ cp "/boot/vmlinuz-$v" "$esp/vmlinuz.new" && mv "$esp/vmlinuz.new" "$esp/vmlinuz"
 cp "/boot/initrd.img-$v" "$esp/initrd.img.new" && mv "$esp/initrd.img.new" "$esp/initrd.img"
 "#;
 
-/// Installs bootpatch, its unit (enabled), config, apt sources and the
-/// boot plumbing.
-pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
-    let bin = fs::read(f.bootpatch_binary)
-        .with_context(|| format!("reading {}", f.bootpatch_binary.display()))?;
+/// bootpatch, its first-boot unit (enabled) and its config.
+fn install_bootpatch(root: &Path, f: &NodeFiles, binary: &Path) -> Result<()> {
+    let bin = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     write(root, "/usr/local/sbin/bootpatch", &bin, 0o755)?;
     let (unit_name, unit) = f.firstboot_unit;
     let unit_path = format!("/etc/systemd/system/{unit_name}");
@@ -225,6 +224,15 @@ pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
         0o644,
     )?;
     fs::create_dir_all(root.join("var/lib/bootpatch"))?;
+    Ok(())
+}
+
+/// Installs bootpatch (unless not baked), its unit, config, apt sources
+/// and the boot plumbing.
+pub fn install_node_files(root: &Path, f: &NodeFiles) -> Result<()> {
+    if let Some(binary) = f.bootpatch_binary {
+        install_bootpatch(root, f, binary)?;
+    }
 
     let _ = fs::remove_file(root.join("etc/apt/sources.list"));
     for s in f.sources {

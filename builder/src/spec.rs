@@ -46,6 +46,11 @@ pub struct Spec {
     /// node config's own format (checked by `bootpatch::config`).
     #[serde(default)]
     pub bootpatch: serde_norway::Mapping,
+    /// Bake bootpatch, its first-boot unit and config into the image. false
+    /// makes an image like a cloud's stock one, which gets bootpatch from
+    /// user-data (`builder render --embed-bootpatch` or `--bootpatch-url`).
+    #[serde(default = "yes")]
+    pub bake_bootpatch: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -81,11 +81,16 @@ pub fn overlay(base: &Path, out: &Path) {
 
 /// Renders NoCloud user-data from a values file with `builder render`.
 pub fn render(values: &Path, out: &Path) {
+    render_with(values, out, &[]);
+}
+
+/// [`render`] with more `builder render` arguments (`--embed-bootpatch`...).
+pub fn render_with(values: &Path, out: &Path, extra: &[&str]) {
     let (v, o) = (
         values.to_string_lossy().into_owned(),
         out.to_string_lossy().into_owned(),
     );
-    sh(builder(&[
+    let mut args = vec![
         "render",
         "--provider",
         "nocloud",
@@ -93,7 +98,81 @@ pub fn render(values: &Path, out: &Path) {
         &v,
         "--out",
         &o,
-    ]));
+    ];
+    args.extend_from_slice(extra);
+    sh(builder(&args));
+}
+
+/// A test-only HTTP server on the host's loopback, serving one file at
+/// every path (GET and HEAD), until dropped. A guest reaches it through
+/// `builder boot --forward GUEST_PORT:PORT`. QEMU's `guestfwd` target is a
+/// character device: one connection, opened when QEMU starts, that carries
+/// every guest connection in turn. So each connection is served as a
+/// keep-alive stream of requests, without a read timeout, and never closed
+/// from this side.
+pub struct FileServer {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FileServer {
+    pub fn start(file: &Path) -> FileServer {
+        use std::sync::atomic::Ordering;
+        let body = std::sync::Arc::new(std::fs::read(file).unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, r) = (stop.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = conn else { continue };
+                let (body, r) = (body.clone(), r.clone());
+                std::thread::spawn(move || serve_stream(c, &body, &r));
+            }
+        });
+        FileServer {
+            port,
+            requests,
+            stop,
+        }
+    }
+}
+
+fn serve_stream(mut c: std::net::TcpStream, body: &[u8], count: &std::sync::atomic::AtomicUsize) {
+    use std::io::{Read, Write};
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head_only = pending.starts_with(b"HEAD ");
+        pending.drain(..end);
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let header = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if c.write_all(header.as_bytes()).is_err() || (!head_only && c.write_all(body).is_err()) {
+            return;
+        }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
 }
 
 /// The test's own cloud-config part: mounts the patch disk on every boot
@@ -191,10 +270,21 @@ pub fn patch_disk(debs: &[PathBuf], signer: &crate::repo::Key, work: &Path) -> P
 /// Renders `values` and adds `extra` cloud-config parts (the
 /// instrumentation first), then makes the seed. Returns the seed's path.
 pub fn seed_for(values: &str, extra: &[&str], work: &Path, tag: &str) -> PathBuf {
+    seed_rendered_with(values, extra, work, tag, &[])
+}
+
+/// [`seed_for`], rendering with more `builder render` arguments.
+pub fn seed_rendered_with(
+    values: &str,
+    extra: &[&str],
+    work: &Path,
+    tag: &str,
+    render_args: &[&str],
+) -> PathBuf {
     let vals = work.join(format!("{tag}.values.yaml"));
     std::fs::write(&vals, values).unwrap();
     let rendered = work.join(format!("{tag}.rendered.yaml"));
-    render(&vals, &rendered);
+    render_with(&vals, &rendered, render_args);
     let mut parts = vec![INSTRUMENTATION];
     parts.extend_from_slice(extra);
     let ud = work.join(format!("{tag}.user-data"));
@@ -236,6 +326,10 @@ pub enum Start<'a> {
     /// (`bios`, `uefi`, `secureboot`).
     BootUnder {
         firmware: &'a str,
+    },
+    /// A cold boot with more `builder boot` arguments (`--forward ...`).
+    BootWith {
+        args: &'a [String],
     },
     SaveAt {
         text: &'a str,
@@ -286,6 +380,9 @@ impl Guest {
             Start::Boot => {}
             Start::BootUnder { firmware } => {
                 c.arg("--firmware").arg(firmware);
+            }
+            Start::BootWith { args } => {
+                c.args(args);
             }
             Start::SaveAt { text, dir } => {
                 c.arg("--until").arg(text).arg("--save-state").arg(dir);

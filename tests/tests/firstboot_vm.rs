@@ -391,3 +391,161 @@ fn second_boot_of_a_patched_node_does_nothing() {
         "join ran only on the first boot"
     );
 }
+
+/// The debian-12 spec with nothing of bootpatch baked in: a stand-in for a
+/// cloud's stock image. Built once per process (raw only, from the shared
+/// image's package cache).
+fn stock_image() -> &'static std::path::Path {
+    static RAW: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    RAW.get_or_init(|| {
+        let image = vm::debian12_image();
+        // One per process; an earlier process's copy (GiBs) goes first.
+        let dir = bootpatch_e2e::cache_dir().join(format!("stock-image-{}", std::process::id()));
+        if let Ok(entries) = std::fs::read_dir(bootpatch_e2e::cache_dir()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("stock-image-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = dir.join("debian-12-stock.yaml");
+        let text =
+            std::fs::read_to_string(bootpatch_e2e::workspace().join("images/debian-12.yaml"))
+                .unwrap()
+                .replace("name: debian-12\n", "name: debian-12-stock\n")
+                + "bakeBootpatch: false\n";
+        std::fs::write(&spec, text).unwrap();
+        let out = dir.join("out");
+        let o = std::process::Command::new(bootpatch_e2e::images::builder_bin())
+            .args(["build", "--quiet", "--formats", "raw", "--cache"])
+            .arg(&image.cache)
+            .arg("--out")
+            .arg(&out)
+            .arg(&spec)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out.join("disk.raw")
+    })
+}
+
+fn sha256_hex(p: &std::path::Path) -> String {
+    let o = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The stock-image path: bootpatch comes from user-data, embedded or
+/// downloaded over HTTP from the host (through a `guestfwd` rule of a
+/// `restrict=on` network: the guest reaches nothing else), and patches
+/// before the join, as on a baked image. A wrong pinned SHA-256 leaves
+/// bootpatch uninstalled and the node unjoined.
+#[test]
+fn stock_image_gets_bootpatch_from_user_data() {
+    let raw = stock_image();
+    let image = vm::debian12_image();
+    let work = tempfile::Builder::new()
+        .prefix("bootpatch-vm-stock-")
+        .tempdir_in(bootpatch_e2e::cache_dir())
+        .unwrap();
+    let d = work.path();
+    let (debs, point) = vm::patch_packages(&image, &d.join("debs"));
+    let key = Key::generate("patches");
+    let patches = vm::patch_disk(&debs, &key, d);
+    let bin = bootpatch_e2e::bootpatch_bin();
+    let sha = sha256_hex(&bin);
+    let server = vm::FileServer::start(&bin);
+    // builder boot --forward: the guest's 10.0.2.100:8080 is the server.
+    let url = "http://10.0.2.100:8080/bootpatch".to_string();
+    let forward = vec!["--forward".to_string(), format!("8080:{}", server.port)];
+    let wrong = "0".repeat(64);
+    let bin_s = bin.to_str().unwrap();
+    let runs: [(&str, Vec<&str>, bool); 3] = [
+        ("embedded", vec!["--embed-bootpatch", bin_s], true),
+        (
+            "downloaded",
+            vec!["--bootpatch-url", &url, "--bootpatch-sha256", &sha],
+            true,
+        ),
+        (
+            "wrong-sha256",
+            vec!["--bootpatch-url", &url, "--bootpatch-sha256", &wrong],
+            false,
+        ),
+    ];
+    for (tag, render_args, installs) in &runs {
+        let seed =
+            vm::seed_rendered_with(&values(&key.armored, false, true), &[], d, tag, render_args);
+        let disk = d.join(format!("{tag}.qcow2"));
+        vm::overlay(raw, &disk);
+        let serial = d.join(format!("{tag}.serial.log"));
+        let fetched_before = server.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let t = std::time::Instant::now();
+        let (code, err) = Guest::start_as(
+            vm::Start::BootWith { args: &forward },
+            &disk,
+            &seed,
+            Some(&patches),
+            &serial,
+            BOOT_TIMEOUT,
+        )
+        .wait();
+        eprintln!(
+            "stock image, bootpatch {tag}: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let console = std::fs::read_to_string(&serial).unwrap_or_default();
+        assert_eq!(
+            code,
+            0,
+            "{tag}: no power-off ({code}): {err}\n{}",
+            tail(&console)
+        );
+        let r = vm::last_report(&console)
+            .unwrap_or_else(|| panic!("{tag}: no report\n{}", tail(&console)));
+        let fetched = server.requests.load(std::sync::atomic::Ordering::SeqCst) > fetched_before;
+        assert_eq!(
+            fetched,
+            *tag != "embedded",
+            "{tag}: bootpatch fetched over HTTP: {fetched}"
+        );
+        if *installs {
+            assert_state_matches_schema(&r.state);
+            assert_eq!(
+                r.status["patched_version"],
+                point.as_str(),
+                "{tag}: {}",
+                r.status
+            );
+            assert_eq!(
+                r.state["first_boot"]["result"], "patched",
+                "{tag}: {}",
+                r.state
+            );
+            assert_eq!(
+                joined_boots(&r),
+                std::slice::from_ref(&r.boot_id),
+                "{tag}: joined once, patched"
+            );
+        } else {
+            assert!(
+                console.contains("install-bootpatch: SHA-256 of bootpatch from"),
+                "{tag}: {}",
+                tail(&console)
+            );
+            assert!(
+                r.status.is_null(),
+                "{tag}: bootpatch was installed: {}",
+                r.status
+            );
+            assert_eq!(r.join.trim(), "", "{tag}: the node joined unpatched");
+        }
+    }
+}
