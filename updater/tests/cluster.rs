@@ -21,7 +21,7 @@ use updater::agent::{Agent, AgentOptions};
 use updater::cycle::Step;
 use updater::kube_util::client_for_kubeconfig;
 use updater::node as ann;
-use updater::sim::SimulatedHost;
+use updater::sim::{Behaviour, Behaviours, SimulatedHost};
 
 const NS: &str = "bootpatch-system";
 
@@ -55,8 +55,26 @@ fn fast_opts(node: &str) -> AgentOptions {
     o
 }
 
+/// The simulated fleet's behaviour unless a test says otherwise: the versions are the
+/// scenario's, and the assertions read them from here.
+const BEFORE: &str = "12.7";
+const AFTER: &str = "12.8";
+
+fn default_behaviour() -> Behaviour {
+    Behaviour::patched(
+        Duration::from_millis(300),
+        Duration::from_millis(700),
+        BEFORE,
+        AFTER,
+    )
+}
+
 impl Fleet {
     fn new(n: usize, drain_json: &str, patch: Value) -> Self {
+        Self::with_behaviours(n, drain_json, patch, Behaviours::new(default_behaviour()))
+    }
+
+    fn with_behaviours(n: usize, drain_json: &str, patch: Value, table: Behaviours) -> Self {
         let c = Arc::new(Cluster::start_with(Options {
             pod_start_delay: Duration::from_millis(200),
             ..Options::default()
@@ -75,15 +93,11 @@ impl Fleet {
         let mut hosts = HashMap::new();
         for name in &nodes {
             let cc = c.clone();
-            let h = SimulatedHost::new(
-                name,
-                Duration::from_millis(300),
-                Duration::from_millis(700),
-                true,
-            )
-            .with_reboot_hook(Arc::new(move |node, down| {
-                cc.server.simulate_node_reboot(node, down);
-            }));
+            let h = SimulatedHost::with_behaviour(name, table.for_node(name)).with_reboot_hook(
+                Arc::new(move |node, down| {
+                    cc.server.simulate_node_reboot(node, down);
+                }),
+            );
             hosts.insert(name.clone(), Arc::new(h));
         }
         Self {
@@ -99,15 +113,20 @@ impl Fleet {
         self.start_with(node, fast_opts(node));
     }
 
+    /// Starts the node's agent under its simulated host's supervision: a reboot that kills
+    /// the agent drops it, and a fresh one starts when the host is back.
     fn start_with(&mut self, node: &str, opts: AgentOptions) {
         let _g = self.rt.enter();
         let kube = client_for_kubeconfig(&self.c.server.kubeconfig(), opts.watch_timeout).unwrap();
-        let agent = Agent::new(opts, kube, self.hosts[node].clone());
-        let h = self.rt.spawn(async move {
-            if let Err(e) = agent.run().await {
-                eprintln!("agent ended: {e:#}");
+        let host = self.hosts[node].clone();
+        let h = self.rt.spawn(host.clone().supervise(move || {
+            let agent = Agent::new(opts.clone(), kube.clone(), host.clone());
+            async move {
+                if let Err(e) = agent.run().await {
+                    eprintln!("agent ended: {e:#}");
+                }
             }
-        });
+        }));
         if let Some(old) = self.agents.insert(node.to_string(), h) {
             old.abort();
         }
@@ -132,11 +151,7 @@ impl Fleet {
     }
 
     fn ann(&self, n: &str, key: &str) -> String {
-        util::str_at(
-            &self.node(n),
-            &format!("metadata.annotations.{}", key.replace('.', "\\.")),
-        )
-        .to_string()
+        annotation(&self.node(n), key)
     }
 
     fn ospatch(&self, args: &[&str]) -> common::Out {
@@ -324,7 +339,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     // The first-boot result is published from the host's state file.
     f.wait("first-boot state published", 10, |s| {
         nodes_of(s).iter().all(|n| {
-            annotation(n, ann::PATCHED_VERSION) == "12.10"
+            annotation(n, ann::PATCHED_VERSION) == BEFORE
                 && annotation(n, ann::FIRST_BOOT_RESULT).starts_with("patched")
         })
     });
@@ -338,7 +353,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     );
     assert!(
         o.stdout.lines().any(|l| l.starts_with("node-1")
-            && l.contains("12.10")
+            && l.contains(BEFORE)
             && l.contains("2026-01-01T00:00:00Z")
             && l.contains("idle")),
         "{}",
@@ -362,7 +377,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     for n in &nodes {
         let node = f.node(n);
         assert!(!unschedulable(&node), "{n} left cordoned");
-        assert_eq!(annotation(&node, ann::PATCHED_VERSION), "12.11");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), AFTER);
         assert_eq!(annotation(&node, ann::REBOOT_REQUIRED), "false");
         assert!(annotation(&node, ann::LAST_APPLIED_PATCH_TIME).starts_with("20"));
         assert_eq!(
@@ -391,7 +406,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     assert!(
         o.stdout
             .lines()
-            .filter(|l| l.contains("12.11") && l.contains("success"))
+            .filter(|l| l.contains(AFTER) && l.contains("success"))
             .count()
             == 3,
         "{}",
@@ -420,7 +435,7 @@ fn twenty_nodes_scheduled_run_respects_concurrency_pdb_and_an_admin_cordon() {
     f.wait("agents up", 20, |s| {
         nodes_of(s)
             .iter()
-            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == BEFORE)
     });
     let mon = Monitor::start(&f.c, "web");
     let o = f.ospatch(&["resume"]);
@@ -561,7 +576,7 @@ fn agent_killed_at_every_step_resumes_and_finishes() {
         assert!(!unschedulable(&node), "killed at {step}: left cordoned");
         assert_eq!(
             annotation(&node, ann::PATCHED_VERSION),
-            "12.11",
+            AFTER,
             "killed at {step}"
         );
         f.c.server
@@ -645,7 +660,7 @@ fn malformed_configmaps_are_reported_and_the_last_good_policy_stays() {
     f.wait("agents up", 10, |s| {
         nodes_of(s)
             .iter()
-            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == BEFORE)
     });
     // Break the drain policy: the defaults would refuse the DaemonSet pods, the last good one
     // ignores them, so a successful run shows which one is in force.
