@@ -39,6 +39,12 @@ pub struct AgentOptions {
     pub timing: drain::Timing,
     /// How long to wait for the node to be Ready after the reboot before going on anyway.
     pub node_ready_timeout: Duration,
+    /// How long a reboot may take (the agent killed meanwhile) before another node may take
+    /// the slot over and mark this one failed. Published on the Node with the step.
+    pub reboot_deadline: Duration,
+    /// How long any other step of a run may go without its agent renewing the slot before
+    /// another node may take it over (also the deadline assumed for a holder that wrote none).
+    pub step_deadline: Duration,
     /// How often a waiting agent looks at every slot, not only its preferred one.
     pub steal_interval: Duration,
     /// How often the window check runs while a due node waits for its window (local only).
@@ -60,6 +66,8 @@ impl AgentOptions {
             watch_timeout: Duration::from_secs(1800),
             timing: drain::Timing::default(),
             node_ready_timeout: Duration::from_secs(900),
+            reboot_deadline: Duration::from_secs(1800),
+            step_deadline: Duration::from_secs(3600),
             steal_interval: Duration::from_secs(30),
             window_check: Duration::from_secs(60),
             freeze_after_step: None,
@@ -209,6 +217,13 @@ impl Agent {
             (nodeann::STEP, Some(step.as_str().to_string())),
             (nodeann::STEP_SINCE, Some(now_rfc3339())),
         ];
+        pairs.push((
+            nodeann::STEP_DEADLINE,
+            step.in_run().then(|| {
+                let d = chrono::Duration::from_std(self.step_deadline(step)).unwrap_or_default();
+                (Utc::now() + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }),
+        ));
         pairs.extend(extra.iter().cloned());
         // Never write over a `failed` mark (another node took our slot over while we were
         // slow): stop instead. The write is conditional on the version read.
@@ -260,6 +275,74 @@ impl Agent {
             std::future::pending::<()>().await;
         }
         Ok(())
+    }
+
+    /// How long `step` may last without this agent renewing its slot before another node may
+    /// take the slot over (published on the Node as the step's deadline).
+    fn step_deadline(&self, step: Step) -> Duration {
+        let drain = self
+            .config
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.drain.timeout);
+        match step {
+            Step::Rebooting => self.opts.reboot_deadline,
+            Step::Cordoned if !drain.is_zero() => drain + self.opts.lease_duration,
+            _ => self.opts.step_deadline,
+        }
+    }
+
+    /// Whether this node may take slot `name` (as `lease` shows it) now, from the holder
+    /// Node's own state; `Err(t)`: not before `t`.
+    async fn may_take(
+        &self,
+        name: &str,
+        lease: Option<&Lease>,
+    ) -> Result<Result<Option<String>, Option<DateTime<Utc>>>, kube::Error> {
+        let Some(l) = lease else { return Ok(Ok(None)) };
+        let Some(h) = slots::holder(l) else {
+            return Ok(Ok(None));
+        };
+        if h == self.opts.node {
+            return Ok(Ok(None));
+        }
+        if !slots::expired(l, Utc::now()) {
+            return Ok(Err(slots::expires_at(l)));
+        }
+        let holder = Api::<Node>::all(self.client().clone()).get_opt(h).await?;
+        match nodeann::takeover(holder.as_ref(), name, Utc::now(), self.opts.step_deadline) {
+            nodeann::Takeover::Wait(t) => Ok(Err(Some(t))),
+            nodeann::Takeover::Stale => Ok(Ok(None)),
+            nodeann::Takeover::Abandoned(why) => Ok(Ok(Some(why))),
+        }
+    }
+
+    /// Takes slot `name` if [`Self::may_take`] allows it, marking an abandoning holder failed.
+    /// `Err(t)`: not now (look again at `t`); `Ok(None)`: lost a race.
+    async fn claim(
+        &self,
+        name: &str,
+        lease: Option<Lease>,
+    ) -> Result<Result<Option<Acquired>, Option<DateTime<Utc>>>, kube::Error> {
+        let lease = match lease {
+            Some(l) => Some(l),
+            None => self.slots.get(name).await?,
+        };
+        let why = match self.may_take(name, lease.as_ref()).await? {
+            Ok(why) => why,
+            Err(t) => return Ok(Err(t)),
+        };
+        let got = self.slots.try_slot(name, lease).await?;
+        if let Some(Acquired::TakenOver { from, name }) = &got {
+            match why {
+                Some(why) if from != &self.opts.node => {
+                    self.mark_taken_over(from, name, &why).await
+                }
+                _ => {
+                    info!(node = %self.opts.node, slot = %name, from = %from, "took over a stale slot (its holder is not in a run on it)")
+                }
+            }
+        }
+        Ok(Ok(got))
     }
 
     /// Publishes bootpatch's state file (first-boot result, patched version, last applied
@@ -570,7 +653,7 @@ impl Agent {
         dcm_rx: &mut CmRx,
     ) -> Result<Option<Acquired>, Stop> {
         if let Some(name) = self.slots.mine().await? {
-            if let Some(a) = self.slots.try_slot(&name, None).await? {
+            if let Ok(Some(a)) = self.claim(&name, None).await? {
                 return Ok(Some(a));
             }
         }
@@ -616,7 +699,7 @@ impl Agent {
                         }
                     };
                     if free {
-                        if let Some(a) = self.slots.try_slot(&slots::slot_name(i), l).await? {
+                        if let Ok(Some(a)) = self.claim(&slots::slot_name(i), l).await? {
                             return Ok(Some(a));
                         }
                     }
@@ -633,15 +716,20 @@ impl Agent {
                 let rv = lease
                     .as_ref()
                     .and_then(|l| l.metadata.resource_version.clone());
+                let mut not_before = lease.as_ref().and_then(slots::expires_at);
                 if free && tried != Some(rv.clone()) {
-                    tried = Some(rv);
-                    if let Some(a) = self.slots.try_slot(&preferred, lease).await? {
-                        return Ok(Some(a));
+                    match self.claim(&preferred, lease).await? {
+                        Ok(Some(a)) => return Ok(Some(a)),
+                        Ok(None) => {
+                            // Lost the race: wait for the watch to show the winner (or a timer).
+                            tried = Some(rv);
+                            continue;
+                        }
+                        // Its holder keeps it for now (rebooting, slow, or the API was away).
+                        Err(t) => not_before = t,
                     }
-                    // Lost the race: wait for the watch to show the winner (or a timer).
-                    continue;
                 }
-                if let Some(exp) = lease.as_ref().and_then(slots::expires_at) {
+                if let Some(exp) = not_before {
                     let d = (exp - Utc::now()).to_std().unwrap_or(Duration::ZERO)
                         + Duration::from_millis(50);
                     wake = wake.min(tokio::time::Instant::now() + d);
@@ -663,10 +751,10 @@ impl Agent {
         }
     }
 
-    async fn mark_taken_over(&self, from: &str, slot: &str) {
+    async fn mark_taken_over(&self, from: &str, slot: &str, why: &str) {
         let msg = format!(
-            "patch slot {slot} taken over by {}: this node's agent did not renew it for {:?}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it",
-            self.opts.node, self.opts.lease_duration
+            "patch slot {slot} taken over by {}: this node was {why}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it",
+            self.opts.node
         );
         warn!(node = %from, "{msg}");
         let r = annotate(
@@ -696,11 +784,6 @@ impl Agent {
         let Some(acquired) = self.wait_for_slot(cm_rx, dcm_rx).await? else {
             return Ok(());
         };
-        if let Acquired::TakenOver { from, name } = &acquired {
-            if from != &self.opts.node {
-                self.mark_taken_over(from, name).await;
-            }
-        }
         let slot = acquired.name().to_string();
         let renewer = self.renewer(&slot);
         let started = std::time::Instant::now();
@@ -734,13 +817,8 @@ impl Agent {
         info!(node = %self.opts.node, step = %step, "resuming the patch run");
         let started = std::time::Instant::now();
         if let Some(name) = annotation(&node, nodeann::SLOT).map(str::to_string) {
-            if let Some(a) = self.slots.try_slot(&name, None).await? {
+            if let Ok(Some(a)) = self.claim(&name, None).await? {
                 let renewer = self.renewer(a.name());
-                if let Acquired::TakenOver { from, name } = &a {
-                    if from != &self.opts.node {
-                        self.mark_taken_over(from, name).await;
-                    }
-                }
                 return self
                     .drive(step, a.name().to_string(), started, renewer)
                     .await;
@@ -769,11 +847,6 @@ impl Agent {
         match self.wait_for_slot(cm_rx, dcm_rx).await? {
             Some(a) => {
                 let renewer = self.renewer(a.name());
-                if let Acquired::TakenOver { from, name } = &a {
-                    if from != &self.opts.node {
-                        self.mark_taken_over(from, name).await;
-                    }
-                }
                 annotate(
                     self.client(),
                     &self.opts.node,

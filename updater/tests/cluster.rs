@@ -52,6 +52,9 @@ fn fast_opts(node: &str) -> AgentOptions {
     o.node_ready_timeout = Duration::from_secs(10);
     o.steal_interval = Duration::from_secs(1);
     o.window_check = Duration::from_secs(1);
+    // A lost node (one that never comes back) is given up on quickly.
+    o.reboot_deadline = Duration::from_secs(10);
+    o.step_deadline = Duration::from_secs(20);
     o
 }
 
@@ -891,4 +894,88 @@ fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window() {
         "ran outside its window"
     );
     assert!(nodes.iter().all(|n| !unschedulable(&f.node(n))));
+}
+
+/// Samples the store until stopped: how often `b` was in a run while `a` was not yet back
+/// (not idle, or still cordoned), and whether `a` was ever marked failed.
+fn watch_overlap(
+    c: &Arc<Cluster>,
+    a: &'static str,
+    b: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(usize, bool)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, c) = (stop.clone(), c.clone());
+    let t = std::thread::spawn(move || {
+        let (mut overlaps, mut a_failed) = (0, false);
+        while !s.load(Ordering::Relaxed) {
+            c.server.with_store(|st| {
+                let all = nodes_of(st);
+                let get = |n: &str| {
+                    all.iter()
+                        .find(|o| util::str_at(o, "metadata.name") == n)
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                };
+                let (na, nb) = (get(a), get(b));
+                let step_b = Step::parse(&annotation(&nb, ann::STEP)).unwrap_or(Step::Idle);
+                let a_back = annotation(&na, ann::STEP) == "idle" && !unschedulable(&na);
+                if step_b.in_run() && !a_back {
+                    overlaps += 1;
+                }
+                a_failed |= annotation(&na, ann::STEP) == "failed";
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (overlaps, a_failed)
+    });
+    (stop, t)
+}
+
+#[test]
+fn a_reboot_that_outlasts_the_lease_keeps_the_slot_and_kills_the_agent() {
+    // node-1's reboot lasts four times the Lease (5 s) and kills its agent, as a real one does.
+    let mut long = default_behaviour();
+    long.reboot_duration = Duration::from_secs(20);
+    long.reboot_kills_agent = true;
+    let table = Behaviours::new(default_behaviour()).with("node-1", long);
+    let mut f = Fleet::with_behaviours(2, DRAIN_OK, json!({"maxConcurrency": "1"}), table);
+    seed_workloads(&f, 2);
+    let mut o = fast_opts("node-1");
+    o.reboot_deadline = Duration::from_secs(60);
+    f.start_with("node-1", o);
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 rebooting", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "rebooting"
+        })
+    });
+    // node-2 queues behind it.
+    let (stop, t) = watch_overlap(&f.c, "node-1", "node-2");
+    f.start("node-2");
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    let nodes = f.nodes.clone();
+    f.wait("both patched, or node-1 failed", 90, |s| {
+        all_results(s, &nodes, "success")
+            || nodes_of(s)
+                .iter()
+                .any(|n| annotation(n, ann::STEP) == "failed")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (overlaps, a_failed) = t.join().unwrap();
+    let n1 = f.node("node-1");
+    assert!(
+        !a_failed,
+        "node-1 was marked failed while it rebooted: {}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    assert_eq!(overlaps, 0, "node-2 ran while node-1 was not back");
+    assert!(
+        f.hosts["node-1"].agent_starts.load(Ordering::SeqCst) >= 2,
+        "the reboot did not kill node-1's agent"
+    );
+    for n in &nodes {
+        assert!(!unschedulable(&f.node(n)), "{n} left cordoned");
+        assert_eq!(f.ann(n, ann::PATCHED_VERSION), AFTER);
+    }
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
 }
