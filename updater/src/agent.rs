@@ -787,12 +787,20 @@ impl Agent {
         let slot = acquired.name().to_string();
         let renewer = self.renewer(&slot);
         let started = std::time::Instant::now();
+        // The agent's own cordon, left by a run that failed (and was reset by a human), is
+        // still the agent's: the run uncordons it. Any other mark is from an older run.
+        let node = self.fresh_node().await?;
+        let own_cordon = nodeann::unschedulable(&node)
+            && annotation(&node, nodeann::CORDONED_BY_AGENT) == Some("true");
         self.record(
             Step::Idle.take_slot()?,
             &[
                 (nodeann::LAST_RUN_START, Some(now_rfc3339())),
                 (nodeann::SLOT, Some(slot.clone())),
-                (nodeann::CORDONED_BY_AGENT, None),
+                (
+                    nodeann::CORDONED_BY_AGENT,
+                    own_cordon.then(|| "true".to_string()),
+                ),
                 (nodeann::BOOT_ID, None),
             ],
             &format!("{reason} patch run: took slot {slot}"),

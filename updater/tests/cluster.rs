@@ -979,3 +979,40 @@ fn a_reboot_that_outlasts_the_lease_keeps_the_slot_and_kills_the_agent() {
     }
     f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
 }
+
+#[test]
+fn a_failed_node_reset_with_ospatch_now_ends_uncordoned() {
+    let mut f = Fleet::new(2, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    seed_workloads(&f, 2);
+    // As a takeover leaves it: failed, cordoned by the agent.
+    f.c.server
+        .with_store(|s| {
+            s.patch(
+                &NODES,
+                "",
+                "node-1",
+                PatchType::Merge,
+                &json!({"metadata": {"annotations": {
+                    ann::STEP: "failed", ann::LAST_RESULT: "failed",
+                    ann::CORDONED_BY_AGENT: "true"}},
+                    "spec": {"unschedulable": true}}),
+                false,
+                false,
+            )
+        })
+        .unwrap();
+    f.start_all();
+    let o = f.ospatch(&["now", "node-1"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("failed state cleared"), "{}", o.stdout);
+    let nodes = vec!["node-1".to_string()];
+    f.wait("node-1 patched after the reset", 60, |s| {
+        all_results(s, &nodes, "success")
+    });
+    let n1 = f.node("node-1");
+    assert!(
+        !unschedulable(&n1),
+        "the agent's own cordon from the failed run was kept as an admin's"
+    );
+    assert_eq!(annotation(&n1, ann::PATCHED_VERSION), AFTER);
+}
