@@ -359,10 +359,12 @@ impl Agent {
         if let Some(t) = &state.last_applied_patch_time {
             pairs.push((nodeann::LAST_APPLIED_PATCH_TIME, Some(t.clone())));
         }
-        pairs.push((
-            nodeann::REBOOT_REQUIRED,
-            Some(state.reboot_pending.is_some().to_string()),
-        ));
+        // Live, as `bootpatch status` computes it: the state file's reboot_pending outlives
+        // the reboot until bootpatch's next run.
+        match self.host.reboot_required() {
+            Ok(r) => pairs.push((nodeann::REBOOT_REQUIRED, Some(r.to_string()))),
+            Err(e) => warn!(error = %format!("{e:#}"), "reading whether a reboot is required"),
+        }
         let first_boot = state.first_boot.as_ref().map(|f| match &f.error {
             Some(e) => format!("{} ({}: {})", f.result, e.kind, e.message),
             None => format!("{} at {}", f.result, f.at),
@@ -1211,9 +1213,10 @@ impl Agent {
         }
         let next = step.uncordon()?;
         self.uncordon_if_ours().await?;
+        let live = self.host.reboot_required().unwrap_or(false);
         self.record(
             next,
-            &[(nodeann::REBOOT_REQUIRED, Some("false".into()))],
+            &[(nodeann::REBOOT_REQUIRED, Some(live.to_string()))],
             "rebooted; uncordoned",
         )
         .await?;

@@ -188,6 +188,11 @@ impl SimulatedHost {
         f(&mut self.lock_state());
     }
 
+    /// The state file as it is now.
+    pub fn state_now(&self) -> bootpatch::state::State {
+        self.lock_state().clone()
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, bootpatch::state::State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -318,5 +323,10 @@ impl HostActions for SimulatedHost {
 
     fn state(&self) -> anyhow::Result<Option<bootpatch::state::State>> {
         Ok(Some(self.lock_state().clone()))
+    }
+
+    /// bootpatch's rule on Debian: the live flag only.
+    fn reboot_required(&self) -> anyhow::Result<bool> {
+        Ok(self.run_flag.load(Ordering::SeqCst))
     }
 }

@@ -1016,3 +1016,44 @@ fn a_failed_node_reset_with_ospatch_now_ends_uncordoned() {
     );
     assert_eq!(annotation(&n1, ann::PATCHED_VERSION), AFTER);
 }
+
+#[test]
+fn reboot_required_is_live_after_the_reboot_and_an_agent_restart() {
+    let mut f = Fleet::new(1, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    f.start("node-1");
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    let nodes = f.nodes.clone();
+    f.wait("patched and rebooted", 60, |s| {
+        all_results(s, &nodes, "success")
+    });
+    assert_eq!(f.hosts["node-1"].reboots.load(Ordering::SeqCst), 1);
+    // bootpatch's state file still records the pending reboot (only its next run clears it).
+    assert!(f.hosts["node-1"].state_now().reboot_pending.is_some());
+    assert_eq!(f.ann("node-1", ann::REBOOT_REQUIRED), "false");
+    // A restarted agent publishes the host's state again: the reboot has happened.
+    f.c.server
+        .with_store(|s| {
+            s.patch(
+                &NODES,
+                "",
+                "node-1",
+                PatchType::Merge,
+                &json!({"metadata": {"annotations": {ann::PATCHED_VERSION: null}}}),
+                false,
+                false,
+            )
+        })
+        .unwrap();
+    f.kill("node-1");
+    f.start("node-1");
+    f.wait("state published again", 20, |s| {
+        nodes_of(s)
+            .iter()
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == AFTER)
+    });
+    assert_eq!(
+        f.ann("node-1", ann::REBOOT_REQUIRED),
+        "false",
+        "a stale reboot-required republished from the state file"
+    );
+}
