@@ -476,15 +476,24 @@ pub struct NodeRecord {
 /// occurrence since its last patch and last run. Windows and pause are the caller's.
 pub fn due(policy: &PatchPolicy, rec: &NodeRecord, now: DateTime<Utc>) -> Due {
     let last_run = rec.last_run_start;
+    // Requests and cut-offs still in the future (a client clock ahead, a cut-off set for
+    // later) are times to wake at, like the next schedule occurrence.
+    let mut wake: Vec<DateTime<Utc>> = Vec::new();
     if let Some(req) = rec.patch_requested {
-        if last_run.is_none_or(|r| r < req) && req <= now {
-            return Due::Now("on-demand");
+        if last_run.is_none_or(|r| r < req) {
+            if req <= now {
+                return Due::Now("on-demand");
+            }
+            wake.push(req);
         }
     }
     if let Some(after) = policy.on_demand_patch_after {
         let stale = rec.last_applied_patch_time.is_none_or(|t| t < after);
-        if stale && last_run.is_none_or(|r| r < after) && after <= now {
-            return Due::Now("on-demand");
+        if stale && last_run.is_none_or(|r| r < after) {
+            if after <= now {
+                return Due::Now("on-demand");
+            }
+            wake.push(after);
         }
     }
     let base = [rec.last_applied_patch_time, last_run]
@@ -494,7 +503,7 @@ pub fn due(policy: &PatchPolicy, rec: &NodeRecord, now: DateTime<Utc>) -> Due {
         .unwrap_or(now - chrono::Duration::seconds(1));
     match policy.next_occurrence(base) {
         Some(t) if t <= now => Due::Now("scheduled"),
-        other => Due::Later(other),
+        other => Due::Later(wake.into_iter().chain(other).min()),
     }
 }
 
@@ -736,6 +745,44 @@ mod tests {
         assert_eq!(
             due(&p2, &fresh, t("2026-11-24T04:10:00Z")),
             Due::Later(None)
+        );
+    }
+
+    #[test]
+    fn a_future_request_or_cut_off_is_a_time_to_wake_at() {
+        // onDemandPatchAfter in the future, no schedule: due then, not "later, no time".
+        let p = PatchPolicy {
+            on_demand_patch_after: Some(t("2026-11-24T05:00:00Z")),
+            ..Default::default()
+        };
+        let rec = NodeRecord {
+            last_applied_patch_time: Some(t("2026-11-23T03:00:00Z")),
+            ..Default::default()
+        };
+        let now = t("2026-11-24T04:00:00Z");
+        assert_eq!(
+            due(&p, &rec, now),
+            Due::Later(Some(t("2026-11-24T05:00:00Z")))
+        );
+        // A request stamped by a client whose clock runs ahead, with a schedule further off.
+        let p = parse_patch_policy(&data(&[("schedule", "0 2 * * *")])).unwrap();
+        let rec = NodeRecord {
+            last_applied_patch_time: Some(t("2026-11-24T03:00:00Z")),
+            patch_requested: Some(t("2026-11-24T04:00:30Z")),
+            ..Default::default()
+        };
+        assert_eq!(
+            due(&p, &rec, now),
+            Due::Later(Some(t("2026-11-24T04:00:30Z")))
+        );
+        // The earliest of them, whichever it is.
+        let rec = NodeRecord {
+            patch_requested: Some(t("2026-11-26T00:00:00Z")),
+            ..rec
+        };
+        assert_eq!(
+            due(&p, &rec, now),
+            Due::Later(Some(t("2026-11-25T02:00:00Z")))
         );
     }
 }

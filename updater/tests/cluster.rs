@@ -842,7 +842,7 @@ fn plugin_schedule_pause_resume_and_drain_policy() {
 }
 
 #[test]
-fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window() {
+fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window_and_wakes_for_the_future() {
     let now = chrono::Utc::now();
     let hhmm = |d: chrono::Duration| (now + d).format("%H:%M").to_string();
     let open = format!(
@@ -869,30 +869,79 @@ fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window() {
             .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
         "once"
     );
-    // A later cut-off, but the window is closed now: nothing starts.
-    let closed = format!(
-        r#"[{{"start": "{}", "end": "{}", "timeZone": "UTC"}}]"#,
-        hhmm(chrono::Duration::hours(2)),
-        hhmm(chrono::Duration::hours(3))
-    );
-    let later = (chrono::Utc::now() + chrono::Duration::seconds(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut pp =
+    let set_policy = |data: Value| {
+        let mut pp =
+            f.c.server
+                .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+                .unwrap();
+        pp["data"] = data;
         f.c.server
-            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
             .unwrap();
-    pp["data"] =
-        json!({"maxConcurrency": "2", "onDemandPatchAfter": later, "maintenanceWindows": closed});
-    f.c.server
-        .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
+    };
+    let runs_since = |t: chrono::DateTime<chrono::Utc>| {
+        let t = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        move |s: &Store| {
+            nodes_of(s).iter().all(|o| {
+                annotation(o, ann::LAST_RUN_START) >= t
+                    && annotation(o, ann::LAST_RESULT) == "success"
+                    && annotation(o, ann::STEP) == "idle"
+            })
+        }
+    };
+    // A cut-off a few seconds ahead, the window open: nothing else happens, yet every node
+    // runs once the cut-off has passed, not before.
+    let ahead = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let ahead = ahead
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .parse::<chrono::DateTime<chrono::Utc>>()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    set_policy(json!({"maxConcurrency": "2",
+        "onDemandPatchAfter": ahead.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "maintenanceWindows": open}));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         nodes
             .iter()
             .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
-        "ran outside its window"
+        "ran before the cut-off"
     );
+    f.wait(
+        "a run once the future cut-off passed",
+        30,
+        runs_since(ahead),
+    );
+    // A cut-off that passes while the window is closed: nothing starts until the window
+    // opens (at the next whole minute), then every node runs, with no other event.
+    let opens = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let opens = opens
+        .format("%Y-%m-%dT%H:%M:00Z")
+        .to_string()
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    let window = format!(
+        r#"[{{"start": "{}", "end": "{}", "timeZone": "UTC"}}]"#,
+        opens.format("%H:%M"),
+        (opens + chrono::Duration::hours(1)).format("%H:%M")
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    set_policy(
+        json!({"maxConcurrency": "2", "onDemandPatchAfter": later, "maintenanceWindows": window}),
+    );
+    while chrono::Utc::now() + chrono::Duration::milliseconds(500) < opens {
+        assert!(
+            nodes
+                .iter()
+                .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 2),
+            "ran outside its window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.wait("a run once the window opened", 30, runs_since(opens));
+    assert!(nodes
+        .iter()
+        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 3));
     assert!(nodes.iter().all(|n| !unschedulable(&f.node(n))));
 }
 
