@@ -292,10 +292,11 @@ impl MaintenanceWindow {
         let local = at.with_timezone(&self.time_zone);
         let t = local.time();
         let day_ok = |d: Weekday| self.days.is_empty() || self.days.contains(&d);
-        if self.start <= self.end {
+        if self.start < self.end {
             day_ok(local.weekday()) && t >= self.start && t < self.end
         } else {
-            // Wraps: the evening part belongs to today, the morning part to yesterday.
+            // Wraps: the evening part belongs to today, the morning part to yesterday. A
+            // window whose end is its start is 24 hours from its start on each listed day.
             (t >= self.start && day_ok(local.weekday()))
                 || (t < self.end && day_ok(local.weekday().pred()))
         }
@@ -334,8 +335,9 @@ impl Default for PatchPolicy {
 fn parse_bool(key: &str, v: &str) -> Result<bool, PolicyError> {
     match v.trim() {
         "true" | "True" | "yes" => Ok(true),
-        "false" | "False" | "no" | "" => Ok(false),
-        other => Err(perr(key, format!("{other:?} is not true or false"))),
+        "false" | "False" | "no" => Ok(false),
+        // An empty value is not "false": a key given without its value is a mistake to report.
+        _ => Err(perr(key, format!("{v:?} is not true or false"))),
     }
 }
 
@@ -645,10 +647,46 @@ mod tests {
             ),
             ("maintenanceWindows", r#"[{"start":"25:00","end":"02:00"}]"#),
             ("sched", "* * * * *"),
+            ("rebootIfRequired", ""),
+            ("rebootIfRequired", "  "),
+            ("paused", ""),
+            ("importedCluster", "maybe"),
         ] {
             let e = parse_patch_policy(&data(&[(k, v)])).unwrap_err();
             assert_eq!(e.key, k, "{k}={v}: {e}");
         }
+        // An empty boolean is an error naming the key and showing the value, not a silent false.
+        let e = parse_patch_policy(&data(&[("rebootIfRequired", "")])).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("rebootIfRequired") && m.contains(r#""""#), "{m}");
+    }
+
+    #[test]
+    fn a_window_whose_start_is_its_end_is_the_whole_day() {
+        let w = MaintenanceWindow {
+            days: vec![Weekday::Sat],
+            start: NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+            time_zone: Tz::UTC,
+        };
+        // 2026-11-28 is a Saturday.
+        for at in [
+            "2026-11-28T00:00:00Z",
+            "2026-11-28T12:00:00Z",
+            "2026-11-28T23:59:59Z",
+        ] {
+            assert!(w.contains(t(at)), "{at}");
+        }
+        assert!(!w.contains(t("2026-11-29T00:00:00Z")));
+        assert!(!w.contains(t("2026-11-27T23:59:59Z")));
+        let any_day = MaintenanceWindow {
+            days: vec![],
+            start: NaiveTime::from_hms_opt(3, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(3, 0, 0).unwrap(),
+            time_zone: Tz::UTC,
+        };
+        assert!(any_day.contains(t("2026-11-24T02:59:00Z")));
+        assert!(any_day.contains(t("2026-11-24T03:00:00Z")));
     }
 
     #[test]
