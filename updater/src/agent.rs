@@ -45,6 +45,12 @@ pub struct AgentOptions {
     /// How long any other step of a run may go without its agent renewing the slot before
     /// another node may take it over (also the deadline assumed for a holder that wrote none).
     pub step_deadline: Duration,
+    /// How long `bootpatch apply` may run before the run gives up on it (uncordons, releases
+    /// the slot, `last-result` `patch-timeout`).
+    pub apply_deadline: Duration,
+    /// The drain's deadline when the drain policy's `timeout` is 0 ("no timeout"): a drain
+    /// never holds the slot forever.
+    pub drain_deadline: Duration,
     /// How often a waiting agent looks at every slot, not only its preferred one.
     pub steal_interval: Duration,
     /// How often the window check runs while a due node waits for its window (local only).
@@ -68,6 +74,8 @@ impl AgentOptions {
             node_ready_timeout: Duration::from_secs(900),
             reboot_deadline: Duration::from_secs(1800),
             step_deadline: Duration::from_secs(3600),
+            apply_deadline: Duration::from_secs(2 * 3600),
+            drain_deadline: Duration::from_secs(3600),
             steal_interval: Duration::from_secs(30),
             window_check: Duration::from_secs(60),
             freeze_after_step: None,
@@ -280,14 +288,19 @@ impl Agent {
     /// How long `step` may last without this agent renewing its slot before another node may
     /// take the slot over (published on the Node as the step's deadline).
     fn step_deadline(&self, step: Step) -> Duration {
-        let drain = self
-            .config
-            .as_ref()
-            .map_or(Duration::ZERO, |c| c.drain.timeout);
         match step {
             Step::Rebooting => self.opts.reboot_deadline,
-            Step::Cordoned if !drain.is_zero() => drain + self.opts.lease_duration,
+            Step::Cordoned => self.drain_timeout() + self.opts.lease_duration,
+            Step::Patching => self.opts.apply_deadline + self.opts.lease_duration,
             _ => self.opts.step_deadline,
+        }
+    }
+
+    /// The drain policy's timeout, or the agent's drain deadline where the policy says 0.
+    fn drain_timeout(&self) -> Duration {
+        match self.config.as_ref().map(|c| c.drain.timeout) {
+            Some(t) if !t.is_zero() => t,
+            _ => self.opts.drain_deadline,
         }
     }
 
@@ -923,7 +936,7 @@ impl Agent {
                     s
                 }
                 Step::Patching => self.apply(step, &slot, started).await?,
-                Step::Rebooting => self.after_reboot(step).await?,
+                Step::Rebooting => self.after_reboot(step, &slot, started).await?,
                 Step::Uncordoned => return self.finish(started, Some(&slot)).await,
                 Step::Idle | Step::Failed => return Ok(()),
             };
@@ -986,7 +999,12 @@ impl Agent {
         let Some(cfg) = self.config.clone() else {
             return Err(Stop::Other(anyhow::anyhow!("no drain policy has parsed")));
         };
-        let policy: DrainPolicy = cfg.drain.clone();
+        let mut policy: DrainPolicy = cfg.drain.clone();
+        let unbounded = policy.timeout.is_zero();
+        if unbounded {
+            // "No timeout" per the reference page, but a drain must not hold the slot forever.
+            policy.timeout = self.opts.drain_deadline;
+        }
         self.metrics.draining.store(true, Ordering::Relaxed);
         let drain_started = Utc::now();
         let observer = Arc::new(Observer {
@@ -1032,7 +1050,14 @@ impl Agent {
             }
             Err(e) => {
                 let label = e.label();
-                let msg = format!("drain failed ({label}): {e}");
+                let mut msg = format!("drain failed ({label}): {e}");
+                if unbounded && label == "timeout" {
+                    self.metrics.record_deadline("drain");
+                    msg.push_str(&format!(
+                        " (the drain policy's timeout is 0, \"no timeout\": the agent's drain deadline of {:?} applies)",
+                        self.opts.drain_deadline
+                    ));
+                }
                 self.note(true, "OSPatchDrainFailed", &msg).await;
                 annotate(
                     self.client(),
@@ -1108,23 +1133,33 @@ impl Agent {
         slot: &str,
         started: std::time::Instant,
     ) -> Result<Step, Stop> {
-        let report = match self.host.apply().await {
+        let deadline = self.opts.apply_deadline;
+        let failure = match tokio::time::timeout(deadline, self.host.apply()).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(("patch-failed", format!("bootpatch apply failed: {e:#}"))),
+            Err(_) => {
+                self.metrics.record_deadline("apply");
+                Err(("patch-timeout", format!(
+                    "bootpatch apply did not finish within its deadline of {deadline:?}: the run gives up on it (the unit may still be running on the host) so the slot is not held forever"
+                )))
+            }
+        };
+        let report = match failure {
             Ok(r) => r,
-            Err(e) => {
-                let msg = format!("bootpatch apply failed: {e:#}");
+            Err((result, msg)) => {
                 self.note(true, "OSPatchApplyFailed", &msg).await;
                 let next = step.uncordon()?;
                 self.uncordon_if_ours().await?;
                 self.record(
                     next,
                     &[
-                        (nodeann::LAST_RESULT, Some("patch-failed".into())),
-                        (nodeann::LAST_MESSAGE, Some(msg)),
+                        (nodeann::LAST_RESULT, Some(result.into())),
+                        (nodeann::LAST_MESSAGE, Some(msg.clone())),
                     ],
                     "uncordoned after a failed patch",
                 )
                 .await?;
-                self.release_and_idle(slot, started, "patch-failed", None)
+                self.release_and_idle(slot, started, result, Some(msg))
                     .await?;
                 return Ok(Step::Idle);
             }
@@ -1178,13 +1213,50 @@ impl Agent {
 
     /// After the reboot: a new boot id, the node Ready again, then uncordon.
     #[instrument(skip_all, fields(node = %self.opts.node))]
-    async fn after_reboot(&mut self, step: Step) -> Result<Step, Stop> {
+    async fn after_reboot(
+        &mut self,
+        step: Step,
+        slot: &str,
+        started: std::time::Instant,
+    ) -> Result<Step, Stop> {
         let node = self.fresh_node().await?;
         let before = annotation(&node, nodeann::BOOT_ID)
             .unwrap_or("")
             .to_string();
+        // The reboot's deadline counts from when the reboot was recorded (an agent that
+        // restarts does not start it again).
+        let since = annotation(&node, nodeann::STEP_SINCE)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+        let reboot_by =
+            since + chrono::Duration::from_std(self.opts.reboot_deadline).unwrap_or_default();
         let mut asked = std::time::Instant::now();
         while self.host.boot_id()? == before {
+            if Utc::now() >= reboot_by {
+                // The host did not reboot (or this agent cannot see that it did): the patch is
+                // on disk but not running; give the slot back rather than hold it forever.
+                self.metrics.record_deadline("reboot");
+                let msg = format!(
+                    "the host did not reboot within the reboot deadline of {:?} (boot id still {before}): uncordoned and the slot released; the patch takes effect at the next reboot",
+                    self.opts.reboot_deadline
+                );
+                self.note(true, "OSPatchRebootTimeout", &msg).await;
+                let next = step.uncordon()?;
+                self.uncordon_if_ours().await?;
+                self.record(
+                    next,
+                    &[
+                        (nodeann::LAST_RESULT, Some("reboot-timeout".into())),
+                        (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                    ],
+                    "uncordoned: the reboot did not happen in time",
+                )
+                .await?;
+                self.reboot_issued = false;
+                self.release_and_idle(slot, started, "reboot-timeout", Some(msg))
+                    .await?;
+                return Ok(Step::Idle);
+            }
             // Still the boot that asked: the reboot has not happened (or an agent died before
             // asking). Ask (again) now and then.
             if !self.reboot_issued || asked.elapsed() > Duration::from_secs(300) {
@@ -1198,7 +1270,7 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + self.opts.node_ready_timeout;
         if let Some(mut rx) = self.node_rx.clone() {
             let name = self.opts.node.clone();
-            let _ = tokio::time::timeout_at(
+            let waited = tokio::time::timeout_at(
                 deadline,
                 rx.wait_for(|s| {
                     s.as_ref()
@@ -1206,7 +1278,22 @@ impl Agent {
                         .is_some_and(nodeann::ready)
                 }),
             )
-            .await;
+            .await
+            .map(|_| ());
+            if waited.is_err() {
+                self.metrics.record_deadline("node-ready");
+                let msg = format!(
+                    "the node was not Ready within {:?} of booting again: going on (uncordoning) anyway",
+                    self.opts.node_ready_timeout
+                );
+                self.note(true, "OSPatchNodeNotReady", &msg).await;
+                annotate(
+                    self.client(),
+                    &self.opts.node,
+                    &[(nodeann::LAST_MESSAGE, Some(msg))],
+                )
+                .await?;
+            }
         }
         if let Err(e) = self.publish_host_state(false).await {
             warn!(error = %format!("{e:#}"), "publishing the host's patch state");

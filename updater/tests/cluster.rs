@@ -21,7 +21,7 @@ use updater::agent::{Agent, AgentOptions};
 use updater::cycle::Step;
 use updater::kube_util::client_for_kubeconfig;
 use updater::node as ann;
-use updater::sim::{Behaviour, Behaviours, SimulatedHost};
+use updater::sim::{ApplyOutcome, Behaviour, Behaviours, SimulatedHost};
 
 const NS: &str = "bootpatch-system";
 
@@ -55,6 +55,9 @@ fn fast_opts(node: &str) -> AgentOptions {
     // A lost node (one that never comes back) is given up on quickly.
     o.reboot_deadline = Duration::from_secs(10);
     o.step_deadline = Duration::from_secs(20);
+    // Applies take 300 ms here: one that hangs is given up on after 5 s.
+    o.apply_deadline = Duration::from_secs(5);
+    o.drain_deadline = Duration::from_secs(20);
     o
 }
 
@@ -466,11 +469,20 @@ fn twenty_nodes_scheduled_run_respects_concurrency_pdb_and_an_admin_cordon() {
 
 #[test]
 fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
-    let mut f = Fleet::new(
-        3,
-        r#"{"timeout": "3s", "ignoreDaemonSets": true}"#,
-        json!({"maxConcurrency": "1"}),
+    drain_blocked_by_a_pdb(r#"{"timeout": "3s", "ignoreDaemonSets": true}"#, &[]);
+}
+
+/// `timeout: 0` is "no timeout" on the reference page: the agent's own drain deadline applies.
+#[test]
+fn a_drain_without_a_timeout_meets_the_agents_drain_deadline() {
+    drain_blocked_by_a_pdb(
+        r#"{"timeout": 0, "ignoreDaemonSets": true}"#,
+        &["no timeout", "drain deadline of 3s"],
     );
+}
+
+fn drain_blocked_by_a_pdb(drain_json: &str, also_in_message: &[&str]) {
+    let mut f = Fleet::new(3, drain_json, json!({"maxConcurrency": "1"}));
     // Two web pods, both on node-1, and a PDB that allows no disruption.
     for n in ["node-2", "node-3"] {
         f.c.server
@@ -514,7 +526,9 @@ fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
             json!(2),
         ))
         .unwrap();
-    f.start("node-1");
+    let mut o = fast_opts("node-1");
+    o.drain_deadline = Duration::from_secs(3);
+    f.start_with("node-1", o);
     let o = f.ospatch(&["now", "node-1"]);
     assert_eq!(o.code, 0, "{o:?}");
     f.wait("drain timed out", 30, |s| {
@@ -528,6 +542,9 @@ fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
     assert!(!unschedulable(&node), "uncordoned after the failed drain");
     let msg = annotation(&node, ann::LAST_MESSAGE);
     assert!(msg.contains("global timeout reached: 3s"), "{msg}");
+    for part in also_in_message {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
     assert_eq!(
         f.hosts["node-1"].applies.load(Ordering::SeqCst),
         0,
@@ -1105,4 +1122,73 @@ fn reboot_required_is_live_after_the_reboot_and_an_agent_restart() {
         "false",
         "a stale reboot-required republished from the state file"
     );
+}
+
+#[test]
+fn an_apply_that_hangs_meets_its_deadline_and_frees_the_slot() {
+    let mut hung = default_behaviour();
+    hung.outcome = ApplyOutcome::Hangs;
+    let table = Behaviours::new(default_behaviour()).with("node-1", hung);
+    let mut f = Fleet::with_behaviours(2, DRAIN_OK, json!({"maxConcurrency": "1"}), table);
+    f.start("node-1");
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 patching", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "patching"
+        })
+    });
+    f.start("node-2");
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    f.wait("node-1 given up on, node-2 patched", 60, |s| {
+        let all = nodes_of(s);
+        let get = |n: &str| all.iter().find(|o| util::str_at(o, "metadata.name") == n);
+        get("node-1").is_some_and(|o| {
+            annotation(o, ann::STEP) == "idle" && annotation(o, ann::LAST_RESULT) == "patch-timeout"
+        }) && get("node-2").is_some_and(|o| annotation(o, ann::LAST_RESULT) == "success")
+    });
+    let n1 = f.node("node-1");
+    assert!(
+        annotation(&n1, ann::LAST_MESSAGE).contains("deadline"),
+        "{}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    assert!(
+        !unschedulable(&n1),
+        "left cordoned after the apply deadline"
+    );
+    assert_eq!(annotation(&n1, ann::PATCHED_VERSION), BEFORE);
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
+
+#[test]
+fn a_reboot_that_never_happens_meets_its_deadline_and_frees_the_slot() {
+    let mut f = Fleet::new(2, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    // The host is asked to reboot and never does; its agent lives on and waits.
+    f.hosts["node-1"]
+        .never_returns
+        .store(true, Ordering::SeqCst);
+    f.start_all();
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 given up on", 60, |s| {
+        nodes_of(s).iter().any(|o| {
+            util::str_at(o, "metadata.name") == "node-1"
+                && annotation(o, ann::STEP) == "idle"
+                && annotation(o, ann::LAST_RESULT) == "reboot-timeout"
+        })
+    });
+    let n1 = f.node("node-1");
+    assert!(
+        annotation(&n1, ann::LAST_MESSAGE).contains("reboot deadline"),
+        "{}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    assert!(
+        !unschedulable(&n1),
+        "left cordoned after the reboot deadline"
+    );
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+    // The slot is free again: the next node runs.
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    let n2 = vec!["node-2".to_string()];
+    f.wait("node-2 patched", 60, |s| all_results(s, &n2, "success"));
 }
