@@ -1192,3 +1192,53 @@ fn a_reboot_that_never_happens_meets_its_deadline_and_frees_the_slot() {
     let n2 = vec!["node-2".to_string()];
     f.wait("node-2 patched", 60, |s| all_results(s, &n2, "success"));
 }
+
+#[test]
+fn apply_outcomes_from_the_behaviour_table() {
+    let with = |f: &dyn Fn(&mut Behaviour)| {
+        let mut b = default_behaviour();
+        f(&mut b);
+        b
+    };
+    let table = Behaviours::new(default_behaviour())
+        .with(
+            "node-1",
+            with(&|b| b.outcome = ApplyOutcome::Fails { exit_code: 5 }),
+        )
+        .with(
+            "node-2",
+            with(&|b| b.outcome = ApplyOutcome::Fails { exit_code: 7 }),
+        )
+        .with("node-3", with(&|b| b.outcome = ApplyOutcome::UpToDate))
+        .with("node-4", with(&|b| b.reboot_required = false));
+    let mut f = Fleet::with_behaviours(4, DRAIN_OK, json!({"maxConcurrency": "4"}), table);
+    f.start_all();
+    assert_eq!(f.ospatch(&["now"]).code, 0);
+    let nodes = f.nodes.clone();
+    f.wait("every run over", 60, |s| {
+        nodes_of(s).iter().all(|o| {
+            annotation(o, ann::STEP) == "idle" && !annotation(o, ann::LAST_RESULT).is_empty()
+        })
+    });
+    for (n, label) in [("node-1", "mirror-unreachable"), ("node-2", "package")] {
+        let node = f.node(n);
+        assert_eq!(annotation(&node, ann::LAST_RESULT), "patch-failed", "{n}");
+        let msg = annotation(&node, ann::LAST_MESSAGE);
+        assert!(msg.contains(label), "{n}: {msg}");
+        assert!(!unschedulable(&node), "{n} left cordoned");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), BEFORE, "{n}");
+    }
+    let expect = [("node-3", BEFORE), ("node-4", AFTER)];
+    for (n, version) in expect {
+        let node = f.node(n);
+        assert_eq!(annotation(&node, ann::LAST_RESULT), "success", "{n}");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), version, "{n}");
+        assert_eq!(annotation(&node, ann::REBOOT_REQUIRED), "false", "{n}");
+        assert_eq!(f.hosts[n].reboots.load(Ordering::SeqCst), 0, "{n} rebooted");
+        assert!(!unschedulable(&node), "{n} left cordoned");
+    }
+    assert!(nodes
+        .iter()
+        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1));
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
