@@ -122,8 +122,13 @@ impl Fleet {
     /// Starts the node's agent under its simulated host's supervision: a reboot that kills
     /// the agent drops it, and a fresh one starts when the host is back.
     fn start_with(&mut self, node: &str, opts: AgentOptions) {
+        let kubeconfig = self.c.server.kubeconfig();
+        self.spawn_agent(node, opts, &kubeconfig);
+    }
+
+    fn spawn_agent(&mut self, node: &str, opts: AgentOptions, kubeconfig: &str) {
         let _g = self.rt.enter();
-        let kube = client_for_kubeconfig(&self.c.server.kubeconfig(), opts.watch_timeout).unwrap();
+        let kube = client_for_kubeconfig(kubeconfig, opts.watch_timeout).unwrap();
         let host = self.hosts[node].clone();
         let h = self.rt.spawn(host.clone().supervise(move || {
             let agent = Agent::new(opts.clone(), kube.clone(), host.clone());
@@ -136,6 +141,50 @@ impl Fleet {
         if let Some(old) = self.agents.insert(node.to_string(), h) {
             old.abort();
         }
+    }
+
+    /// Starts the node's agent behind an API outage switch: while `down` is true, its
+    /// connections to the API server are cut and new ones refused (the other agents are
+    /// not affected). A stand-in for a network or API server outage seen by one node.
+    fn start_behind_outage_switch(
+        &mut self,
+        node: &str,
+        opts: AgentOptions,
+        down: Arc<tokio::sync::watch::Sender<bool>>,
+    ) {
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let proxy = format!("{}", listener.local_addr().unwrap());
+        let target = self.c.server.addr();
+        let d = down.clone();
+        self.rt.spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *d.borrow() {
+                    continue;
+                }
+                let mut cut = d.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { cut.wait_for(|down| *down).await.map(|_| ()) } => {}
+                    }
+                });
+            }
+        });
+        let kubeconfig = self
+            .c
+            .server
+            .kubeconfig()
+            .replace(&self.c.server.addr().to_string(), &proxy);
+        self.spawn_agent(node, opts, &kubeconfig);
     }
 
     fn start_all(&mut self) {
@@ -1241,4 +1290,49 @@ fn apply_outcomes_from_the_behaviour_table() {
         .iter()
         .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1));
     f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
+
+#[test]
+fn an_api_outage_longer_than_the_lease_does_not_fail_the_holder() {
+    // node-1's apply is slow; while it runs, node-1 loses the API for twice the Lease (5 s).
+    let mut slow = default_behaviour();
+    slow.apply_duration = Duration::from_secs(14);
+    let table = Behaviours::new(default_behaviour()).with("node-1", slow);
+    let mut f = Fleet::with_behaviours(2, DRAIN_OK, json!({"maxConcurrency": "1"}), table);
+    seed_workloads(&f, 2);
+    let down = Arc::new(tokio::sync::watch::channel(false).0);
+    let mut o = fast_opts("node-1");
+    o.apply_deadline = Duration::from_secs(60);
+    f.start_behind_outage_switch("node-1", o, down.clone());
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 patching", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "patching"
+        })
+    });
+    let (stop, t) = watch_overlap(&f.c, "node-1", "node-2");
+    down.send_replace(true);
+    f.start("node-2");
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    std::thread::sleep(Duration::from_secs(10));
+    down.send_replace(false);
+    let nodes = f.nodes.clone();
+    f.wait("both patched, or node-1 failed", 90, |s| {
+        all_results(s, &nodes, "success")
+            || nodes_of(s)
+                .iter()
+                .any(|n| annotation(n, ann::STEP) == "failed")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (overlaps, a_failed) = t.join().unwrap();
+    assert!(
+        !a_failed,
+        "node-1 was marked failed during its API outage: {}",
+        f.ann("node-1", ann::LAST_MESSAGE)
+    );
+    assert_eq!(overlaps, 0, "node-2 ran while node-1 held the slot");
+    for n in &nodes {
+        assert!(!unschedulable(&f.node(n)), "{n} left cordoned");
+        assert_eq!(f.ann(n, ann::PATCHED_VERSION), AFTER);
+    }
 }
