@@ -39,6 +39,18 @@ pub struct AgentOptions {
     pub timing: drain::Timing,
     /// How long to wait for the node to be Ready after the reboot before going on anyway.
     pub node_ready_timeout: Duration,
+    /// How long a reboot may take (the agent killed meanwhile) before another node may take
+    /// the slot over and mark this one failed. Published on the Node with the step.
+    pub reboot_deadline: Duration,
+    /// How long any other step of a run may go without its agent renewing the slot before
+    /// another node may take it over (also the deadline assumed for a holder that wrote none).
+    pub step_deadline: Duration,
+    /// How long `bootpatch apply` may run before the run gives up on it (uncordons, releases
+    /// the slot, `last-result` `patch-timeout`).
+    pub apply_deadline: Duration,
+    /// The drain's deadline when the drain policy's `timeout` is 0 ("no timeout"): a drain
+    /// never holds the slot forever.
+    pub drain_deadline: Duration,
     /// How often a waiting agent looks at every slot, not only its preferred one.
     pub steal_interval: Duration,
     /// How often the window check runs while a due node waits for its window (local only).
@@ -60,6 +72,10 @@ impl AgentOptions {
             watch_timeout: Duration::from_secs(1800),
             timing: drain::Timing::default(),
             node_ready_timeout: Duration::from_secs(900),
+            reboot_deadline: Duration::from_secs(1800),
+            step_deadline: Duration::from_secs(3600),
+            apply_deadline: Duration::from_secs(2 * 3600),
+            drain_deadline: Duration::from_secs(3600),
             steal_interval: Duration::from_secs(30),
             window_check: Duration::from_secs(60),
             freeze_after_step: None,
@@ -209,6 +225,13 @@ impl Agent {
             (nodeann::STEP, Some(step.as_str().to_string())),
             (nodeann::STEP_SINCE, Some(now_rfc3339())),
         ];
+        pairs.push((
+            nodeann::STEP_DEADLINE,
+            step.in_run().then(|| {
+                let d = chrono::Duration::from_std(self.step_deadline(step)).unwrap_or_default();
+                (Utc::now() + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }),
+        ));
         pairs.extend(extra.iter().cloned());
         // Never write over a `failed` mark (another node took our slot over while we were
         // slow): stop instead. The write is conditional on the version read.
@@ -262,6 +285,79 @@ impl Agent {
         Ok(())
     }
 
+    /// How long `step` may last without this agent renewing its slot before another node may
+    /// take the slot over (published on the Node as the step's deadline).
+    fn step_deadline(&self, step: Step) -> Duration {
+        match step {
+            Step::Rebooting => self.opts.reboot_deadline,
+            Step::Cordoned => self.drain_timeout() + self.opts.lease_duration,
+            Step::Patching => self.opts.apply_deadline + self.opts.lease_duration,
+            _ => self.opts.step_deadline,
+        }
+    }
+
+    /// The drain policy's timeout, or the agent's drain deadline where the policy says 0.
+    fn drain_timeout(&self) -> Duration {
+        match self.config.as_ref().map(|c| c.drain.timeout) {
+            Some(t) if !t.is_zero() => t,
+            _ => self.opts.drain_deadline,
+        }
+    }
+
+    /// Whether this node may take slot `name` (as `lease` shows it) now, from the holder
+    /// Node's own state; `Err(t)`: not before `t`.
+    async fn may_take(
+        &self,
+        name: &str,
+        lease: Option<&Lease>,
+    ) -> Result<Result<Option<String>, Option<DateTime<Utc>>>, kube::Error> {
+        let Some(l) = lease else { return Ok(Ok(None)) };
+        let Some(h) = slots::holder(l) else {
+            return Ok(Ok(None));
+        };
+        if h == self.opts.node {
+            return Ok(Ok(None));
+        }
+        if !slots::expired(l, Utc::now()) {
+            return Ok(Err(slots::expires_at(l)));
+        }
+        let holder = Api::<Node>::all(self.client().clone()).get_opt(h).await?;
+        match nodeann::takeover(holder.as_ref(), name, Utc::now(), self.opts.step_deadline) {
+            nodeann::Takeover::Wait(t) => Ok(Err(Some(t))),
+            nodeann::Takeover::Stale => Ok(Ok(None)),
+            nodeann::Takeover::Abandoned(why) => Ok(Ok(Some(why))),
+        }
+    }
+
+    /// Takes slot `name` if [`Self::may_take`] allows it, marking an abandoning holder failed.
+    /// `Err(t)`: not now (look again at `t`); `Ok(None)`: lost a race.
+    async fn claim(
+        &self,
+        name: &str,
+        lease: Option<Lease>,
+    ) -> Result<Result<Option<Acquired>, Option<DateTime<Utc>>>, kube::Error> {
+        let lease = match lease {
+            Some(l) => Some(l),
+            None => self.slots.get(name).await?,
+        };
+        let why = match self.may_take(name, lease.as_ref()).await? {
+            Ok(why) => why,
+            Err(t) => return Ok(Err(t)),
+        };
+        let got = self.slots.try_slot(name, lease).await?;
+        if let Some(Acquired::TakenOver { from, name }) = &got {
+            match why {
+                Some(why) if from != &self.opts.node => {
+                    self.mark_taken_over(from, name, &why).await
+                }
+                _ => {
+                    info!(node = %self.opts.node, slot = %name, from = %from, "took over a stale slot (its holder is not in a run on it)")
+                }
+            }
+        }
+        Ok(Ok(got))
+    }
+
     /// Publishes bootpatch's state file (first-boot result, patched version, last applied
     /// patch time, reboot pending) on the node.
     #[instrument(skip(self), fields(node = %self.opts.node))]
@@ -276,10 +372,12 @@ impl Agent {
         if let Some(t) = &state.last_applied_patch_time {
             pairs.push((nodeann::LAST_APPLIED_PATCH_TIME, Some(t.clone())));
         }
-        pairs.push((
-            nodeann::REBOOT_REQUIRED,
-            Some(state.reboot_pending.is_some().to_string()),
-        ));
+        // Live, as `bootpatch status` computes it: the state file's reboot_pending outlives
+        // the reboot until bootpatch's next run.
+        match self.host.reboot_required() {
+            Ok(r) => pairs.push((nodeann::REBOOT_REQUIRED, Some(r.to_string()))),
+            Err(e) => warn!(error = %format!("{e:#}"), "reading whether a reboot is required"),
+        }
         let first_boot = state.first_boot.as_ref().map(|f| match &f.error {
             Some(e) => format!("{} ({}: {})", f.result, e.kind, e.message),
             None => format!("{} at {}", f.result, f.at),
@@ -570,7 +668,7 @@ impl Agent {
         dcm_rx: &mut CmRx,
     ) -> Result<Option<Acquired>, Stop> {
         if let Some(name) = self.slots.mine().await? {
-            if let Some(a) = self.slots.try_slot(&name, None).await? {
+            if let Ok(Some(a)) = self.claim(&name, None).await? {
                 return Ok(Some(a));
             }
         }
@@ -616,7 +714,7 @@ impl Agent {
                         }
                     };
                     if free {
-                        if let Some(a) = self.slots.try_slot(&slots::slot_name(i), l).await? {
+                        if let Ok(Some(a)) = self.claim(&slots::slot_name(i), l).await? {
                             return Ok(Some(a));
                         }
                     }
@@ -633,15 +731,20 @@ impl Agent {
                 let rv = lease
                     .as_ref()
                     .and_then(|l| l.metadata.resource_version.clone());
+                let mut not_before = lease.as_ref().and_then(slots::expires_at);
                 if free && tried != Some(rv.clone()) {
-                    tried = Some(rv);
-                    if let Some(a) = self.slots.try_slot(&preferred, lease).await? {
-                        return Ok(Some(a));
+                    match self.claim(&preferred, lease).await? {
+                        Ok(Some(a)) => return Ok(Some(a)),
+                        Ok(None) => {
+                            // Lost the race: wait for the watch to show the winner (or a timer).
+                            tried = Some(rv);
+                            continue;
+                        }
+                        // Its holder keeps it for now (rebooting, slow, or the API was away).
+                        Err(t) => not_before = t,
                     }
-                    // Lost the race: wait for the watch to show the winner (or a timer).
-                    continue;
                 }
-                if let Some(exp) = lease.as_ref().and_then(slots::expires_at) {
+                if let Some(exp) = not_before {
                     let d = (exp - Utc::now()).to_std().unwrap_or(Duration::ZERO)
                         + Duration::from_millis(50);
                     wake = wake.min(tokio::time::Instant::now() + d);
@@ -663,10 +766,10 @@ impl Agent {
         }
     }
 
-    async fn mark_taken_over(&self, from: &str, slot: &str) {
+    async fn mark_taken_over(&self, from: &str, slot: &str, why: &str) {
         let msg = format!(
-            "patch slot {slot} taken over by {}: this node's agent did not renew it for {:?}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it",
-            self.opts.node, self.opts.lease_duration
+            "patch slot {slot} taken over by {}: this node was {why}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it",
+            self.opts.node
         );
         warn!(node = %from, "{msg}");
         let r = annotate(
@@ -696,20 +799,23 @@ impl Agent {
         let Some(acquired) = self.wait_for_slot(cm_rx, dcm_rx).await? else {
             return Ok(());
         };
-        if let Acquired::TakenOver { from, name } = &acquired {
-            if from != &self.opts.node {
-                self.mark_taken_over(from, name).await;
-            }
-        }
         let slot = acquired.name().to_string();
         let renewer = self.renewer(&slot);
         let started = std::time::Instant::now();
+        // The agent's own cordon, left by a run that failed (and was reset by a human), is
+        // still the agent's: the run uncordons it. Any other mark is from an older run.
+        let node = self.fresh_node().await?;
+        let own_cordon = nodeann::unschedulable(&node)
+            && annotation(&node, nodeann::CORDONED_BY_AGENT) == Some("true");
         self.record(
             Step::Idle.take_slot()?,
             &[
                 (nodeann::LAST_RUN_START, Some(now_rfc3339())),
                 (nodeann::SLOT, Some(slot.clone())),
-                (nodeann::CORDONED_BY_AGENT, None),
+                (
+                    nodeann::CORDONED_BY_AGENT,
+                    own_cordon.then(|| "true".to_string()),
+                ),
                 (nodeann::BOOT_ID, None),
             ],
             &format!("{reason} patch run: took slot {slot}"),
@@ -734,13 +840,8 @@ impl Agent {
         info!(node = %self.opts.node, step = %step, "resuming the patch run");
         let started = std::time::Instant::now();
         if let Some(name) = annotation(&node, nodeann::SLOT).map(str::to_string) {
-            if let Some(a) = self.slots.try_slot(&name, None).await? {
+            if let Ok(Some(a)) = self.claim(&name, None).await? {
                 let renewer = self.renewer(a.name());
-                if let Acquired::TakenOver { from, name } = &a {
-                    if from != &self.opts.node {
-                        self.mark_taken_over(from, name).await;
-                    }
-                }
                 return self
                     .drive(step, a.name().to_string(), started, renewer)
                     .await;
@@ -769,11 +870,6 @@ impl Agent {
         match self.wait_for_slot(cm_rx, dcm_rx).await? {
             Some(a) => {
                 let renewer = self.renewer(a.name());
-                if let Acquired::TakenOver { from, name } = &a {
-                    if from != &self.opts.node {
-                        self.mark_taken_over(from, name).await;
-                    }
-                }
                 annotate(
                     self.client(),
                     &self.opts.node,
@@ -840,7 +936,7 @@ impl Agent {
                     s
                 }
                 Step::Patching => self.apply(step, &slot, started).await?,
-                Step::Rebooting => self.after_reboot(step).await?,
+                Step::Rebooting => self.after_reboot(step, &slot, started).await?,
                 Step::Uncordoned => return self.finish(started, Some(&slot)).await,
                 Step::Idle | Step::Failed => return Ok(()),
             };
@@ -903,7 +999,12 @@ impl Agent {
         let Some(cfg) = self.config.clone() else {
             return Err(Stop::Other(anyhow::anyhow!("no drain policy has parsed")));
         };
-        let policy: DrainPolicy = cfg.drain.clone();
+        let mut policy: DrainPolicy = cfg.drain.clone();
+        let unbounded = policy.timeout.is_zero();
+        if unbounded {
+            // "No timeout" per the reference page, but a drain must not hold the slot forever.
+            policy.timeout = self.opts.drain_deadline;
+        }
         self.metrics.draining.store(true, Ordering::Relaxed);
         let drain_started = Utc::now();
         let observer = Arc::new(Observer {
@@ -949,7 +1050,14 @@ impl Agent {
             }
             Err(e) => {
                 let label = e.label();
-                let msg = format!("drain failed ({label}): {e}");
+                let mut msg = format!("drain failed ({label}): {e}");
+                if unbounded && label == "timeout" {
+                    self.metrics.record_deadline("drain");
+                    msg.push_str(&format!(
+                        " (the drain policy's timeout is 0, \"no timeout\": the agent's drain deadline of {:?} applies)",
+                        self.opts.drain_deadline
+                    ));
+                }
                 self.note(true, "OSPatchDrainFailed", &msg).await;
                 annotate(
                     self.client(),
@@ -1025,23 +1133,33 @@ impl Agent {
         slot: &str,
         started: std::time::Instant,
     ) -> Result<Step, Stop> {
-        let report = match self.host.apply().await {
+        let deadline = self.opts.apply_deadline;
+        let failure = match tokio::time::timeout(deadline, self.host.apply()).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(("patch-failed", format!("bootpatch apply failed: {e:#}"))),
+            Err(_) => {
+                self.metrics.record_deadline("apply");
+                Err(("patch-timeout", format!(
+                    "bootpatch apply did not finish within its deadline of {deadline:?}: the run gives up on it (the unit may still be running on the host) so the slot is not held forever"
+                )))
+            }
+        };
+        let report = match failure {
             Ok(r) => r,
-            Err(e) => {
-                let msg = format!("bootpatch apply failed: {e:#}");
+            Err((result, msg)) => {
                 self.note(true, "OSPatchApplyFailed", &msg).await;
                 let next = step.uncordon()?;
                 self.uncordon_if_ours().await?;
                 self.record(
                     next,
                     &[
-                        (nodeann::LAST_RESULT, Some("patch-failed".into())),
-                        (nodeann::LAST_MESSAGE, Some(msg)),
+                        (nodeann::LAST_RESULT, Some(result.into())),
+                        (nodeann::LAST_MESSAGE, Some(msg.clone())),
                     ],
                     "uncordoned after a failed patch",
                 )
                 .await?;
-                self.release_and_idle(slot, started, "patch-failed", None)
+                self.release_and_idle(slot, started, result, Some(msg))
                     .await?;
                 return Ok(Step::Idle);
             }
@@ -1095,13 +1213,50 @@ impl Agent {
 
     /// After the reboot: a new boot id, the node Ready again, then uncordon.
     #[instrument(skip_all, fields(node = %self.opts.node))]
-    async fn after_reboot(&mut self, step: Step) -> Result<Step, Stop> {
+    async fn after_reboot(
+        &mut self,
+        step: Step,
+        slot: &str,
+        started: std::time::Instant,
+    ) -> Result<Step, Stop> {
         let node = self.fresh_node().await?;
         let before = annotation(&node, nodeann::BOOT_ID)
             .unwrap_or("")
             .to_string();
+        // The reboot's deadline counts from when the reboot was recorded (an agent that
+        // restarts does not start it again).
+        let since = annotation(&node, nodeann::STEP_SINCE)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+        let reboot_by =
+            since + chrono::Duration::from_std(self.opts.reboot_deadline).unwrap_or_default();
         let mut asked = std::time::Instant::now();
         while self.host.boot_id()? == before {
+            if Utc::now() >= reboot_by {
+                // The host did not reboot (or this agent cannot see that it did): the patch is
+                // on disk but not running; give the slot back rather than hold it forever.
+                self.metrics.record_deadline("reboot");
+                let msg = format!(
+                    "the host did not reboot within the reboot deadline of {:?} (boot id still {before}): uncordoned and the slot released; the patch takes effect at the next reboot",
+                    self.opts.reboot_deadline
+                );
+                self.note(true, "OSPatchRebootTimeout", &msg).await;
+                let next = step.uncordon()?;
+                self.uncordon_if_ours().await?;
+                self.record(
+                    next,
+                    &[
+                        (nodeann::LAST_RESULT, Some("reboot-timeout".into())),
+                        (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                    ],
+                    "uncordoned: the reboot did not happen in time",
+                )
+                .await?;
+                self.reboot_issued = false;
+                self.release_and_idle(slot, started, "reboot-timeout", Some(msg))
+                    .await?;
+                return Ok(Step::Idle);
+            }
             // Still the boot that asked: the reboot has not happened (or an agent died before
             // asking). Ask (again) now and then.
             if !self.reboot_issued || asked.elapsed() > Duration::from_secs(300) {
@@ -1115,7 +1270,7 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + self.opts.node_ready_timeout;
         if let Some(mut rx) = self.node_rx.clone() {
             let name = self.opts.node.clone();
-            let _ = tokio::time::timeout_at(
+            let waited = tokio::time::timeout_at(
                 deadline,
                 rx.wait_for(|s| {
                     s.as_ref()
@@ -1123,16 +1278,32 @@ impl Agent {
                         .is_some_and(nodeann::ready)
                 }),
             )
-            .await;
+            .await
+            .map(|_| ());
+            if waited.is_err() {
+                self.metrics.record_deadline("node-ready");
+                let msg = format!(
+                    "the node was not Ready within {:?} of booting again: going on (uncordoning) anyway",
+                    self.opts.node_ready_timeout
+                );
+                self.note(true, "OSPatchNodeNotReady", &msg).await;
+                annotate(
+                    self.client(),
+                    &self.opts.node,
+                    &[(nodeann::LAST_MESSAGE, Some(msg))],
+                )
+                .await?;
+            }
         }
         if let Err(e) = self.publish_host_state(false).await {
             warn!(error = %format!("{e:#}"), "publishing the host's patch state");
         }
         let next = step.uncordon()?;
         self.uncordon_if_ours().await?;
+        let live = self.host.reboot_required().unwrap_or(false);
         self.record(
             next,
-            &[(nodeann::REBOOT_REQUIRED, Some("false".into()))],
+            &[(nodeann::REBOOT_REQUIRED, Some(live.to_string()))],
             "rebooted; uncordoned",
         )
         .await?;

@@ -55,6 +55,11 @@ pub trait HostActions: Send + Sync {
     fn boot_id(&self) -> anyhow::Result<String>;
     /// bootpatch's state file, if there is one.
     fn state(&self) -> anyhow::Result<Option<bootpatch::state::State>>;
+    /// Whether a reboot is required now, by `bootpatch status`'s rule: the live flag
+    /// `/run/reboot-required` (gone after a reboot), or on the dnf family the recorded state.
+    /// Never the state file's `reboot_pending` alone: bootpatch clears that only on its next
+    /// run, so it still says "pending" after the reboot has happened.
+    fn reboot_required(&self) -> anyhow::Result<bool>;
 }
 
 /// The transient unit `bootpatch apply` runs as on the host.
@@ -392,6 +397,18 @@ impl HostActions for RealHost {
 
     fn state(&self) -> anyhow::Result<Option<bootpatch::state::State>> {
         read_state_file(&self.root.join("var/lib/bootpatch/state.json"))
+    }
+
+    fn reboot_required(&self) -> anyhow::Result<bool> {
+        // bootpatch's own function, on the host's files as seen from here.
+        let paths = bootpatch::engine::Paths {
+            state: self.root.join("var/lib/bootpatch/state.json"),
+            run: self.run_path("/run"),
+            ..bootpatch::engine::Paths::default()
+        };
+        Ok(bootpatch::engine::status(&paths)
+            .map_err(|e| anyhow::anyhow!("bootpatch status on the host: {e}"))?
+            .reboot_required)
     }
 }
 

@@ -31,6 +31,7 @@ struct Inner {
     step: String,
     last_result: String,
     runs: BTreeMap<String, u64>,
+    deadlines: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -43,6 +44,7 @@ impl Metrics {
                 step: "idle".into(),
                 last_result: "none".into(),
                 runs: BTreeMap::new(),
+                deadlines: BTreeMap::new(),
             }),
             ..Self::default()
         }
@@ -60,6 +62,15 @@ impl Metrics {
         let mut i = self.lock();
         i.last_result = result.to_string();
         *i.runs.entry(result.to_string()).or_default() += 1;
+    }
+
+    /// A wait that met its deadline (`apply`, `reboot`, `node-ready`, `drain`).
+    pub fn record_deadline(&self, wait: &str) {
+        *self.lock().deadlines.entry(wait.to_string()).or_default() += 1;
+    }
+
+    pub fn deadlines(&self, wait: &str) -> u64 {
+        self.lock().deadlines.get(wait).copied().unwrap_or(0)
     }
 
     pub fn render(&self) -> String {
@@ -80,6 +91,16 @@ impl Metrics {
         );
         for (r, c) in &i.runs {
             let _ = writeln!(s, "ospatch_runs_total{{node=\"{n}\",result=\"{r}\"}} {c}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP ospatch_deadline_exceeded_total Waits that met their deadline (apply, reboot, node-ready, drain).\n# TYPE ospatch_deadline_exceeded_total counter"
+        );
+        for (w, c) in &i.deadlines {
+            let _ = writeln!(
+                s,
+                "ospatch_deadline_exceeded_total{{node=\"{n}\",wait=\"{w}\"}} {c}"
+            );
         }
         s
     }
@@ -240,5 +261,9 @@ mod tests {
         assert!(t.contains("ospatch_runs_total{node=\"node-1\",result=\"success\"} 2"));
         assert!(t.contains("ospatch_patch_duration_seconds{node=\"node-1\"} 1.500"));
         assert!(t.contains("ospatch_drain_blocked_by_pdb{node=\"node-1\"} 0"));
+        m.record_deadline("apply");
+        assert!(m
+            .render()
+            .contains("ospatch_deadline_exceeded_total{node=\"node-1\",wait=\"apply\"} 1"));
     }
 }

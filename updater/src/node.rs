@@ -28,6 +28,9 @@ pub const FIRST_BOOT_RESULT: &str = "ospatch.bootpatch.io/first-boot-result";
 pub const WORKLOADS_MOVED: &str = "ospatch.bootpatch.io/workloads-moved";
 pub const SLOT: &str = "ospatch.bootpatch.io/slot";
 /// When and at which step the agent last stopped on a signal (SIGTERM: rollout, eviction).
+/// Until when the node's current step may last before another node may take its slot over
+/// (RFC 3339; written with every step of a run: the reboot deadline while rebooting).
+pub const STEP_DEADLINE: &str = "ospatch.bootpatch.io/step-deadline";
 pub const AGENT_STOPPED: &str = "ospatch.bootpatch.io/agent-stopped";
 
 /// Node labels of managed node pools, where in-place patching is not offered.
@@ -83,6 +86,69 @@ pub fn ready(node: &Node) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True")
+}
+
+/// The boot id the kubelet reports.
+pub fn kubelet_boot_id(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .node_info
+        .as_ref()
+        .map(|i| i.boot_id.as_str())
+        .filter(|b| !b.is_empty())
+}
+
+/// What a waiting node may do with a slot whose holder stopped renewing its Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Takeover {
+    /// The holder is still within its step's deadline (a reboot, a slow apply, an API
+    /// outage): the slot stays its own; look again at this time.
+    Wait(DateTime<Utc>),
+    /// The holder is not in a run on this slot (it finished, or the Node is gone): the Lease
+    /// is stale and may be taken without blaming anyone.
+    Stale,
+    /// The holder overran its step's deadline: take the slot, mark the holder failed.
+    Abandoned(String),
+}
+
+/// Decides on an expired slot from its holder Node's own state: its step and the step's
+/// deadline, its slot annotation, Ready condition and boot id. Never on Lease expiry alone:
+/// a node rebooting on purpose keeps its slot until its reboot deadline passes.
+/// `fallback` is the deadline counted from `step-since` when the holder wrote none.
+pub fn takeover(
+    holder: Option<&Node>,
+    slot: &str,
+    now: DateTime<Utc>,
+    fallback: std::time::Duration,
+) -> Takeover {
+    let Some(node) = holder else {
+        return Takeover::Stale;
+    };
+    let step = step_of(node);
+    if !step.in_run() || annotation(node, SLOT).is_some_and(|s| s != slot) {
+        return Takeover::Stale;
+    }
+    let since = time_at(node, STEP_SINCE);
+    let deadline = time_at(node, STEP_DEADLINE)
+        .or_else(|| since.map(|t| t + chrono::Duration::from_std(fallback).unwrap_or_default()));
+    let Some(deadline) = deadline else {
+        // Nothing to go by: count from now, so the next look decides.
+        return Takeover::Wait(now + chrono::Duration::from_std(fallback).unwrap_or_default());
+    };
+    if now < deadline {
+        return Takeover::Wait(deadline);
+    }
+    let ready = if ready(node) { "Ready" } else { "not Ready" };
+    let boot = match (annotation(node, BOOT_ID), kubelet_boot_id(node)) {
+        (Some(a), Some(k)) if a != k => ", booted again",
+        (Some(_), Some(_)) => ", same boot",
+        _ => "",
+    };
+    Takeover::Abandoned(format!(
+        "at step {step} since {}, past its deadline {} ({ready}{boot}), and its agent did not renew the slot",
+        since.map_or_else(|| "?".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
 }
 
 /// Why in-place patching is refused on this node, if it is.
@@ -201,5 +267,67 @@ mod tests {
         assert!(m.contains("AKS"), "{m}");
         assert!(refusal(&node(&[("kubernetes.azure.com/cluster", "c")]), false).is_some());
         assert!(refusal(&node(&[]), true).unwrap().contains("imported"));
+    }
+
+    fn holder(ann: &[(&str, &str)]) -> Node {
+        let mut n = node(&[]);
+        n.metadata.annotations = Some(
+            ann.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
+    }
+
+    #[test]
+    fn an_expired_slot_is_taken_over_only_past_its_holders_deadline() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let now = t("2026-01-01T00:10:00Z");
+        let d = std::time::Duration::from_secs(600);
+        let rebooting = |deadline: &str| {
+            holder(&[
+                (STEP, "rebooting"),
+                (STEP_SINCE, "2026-01-01T00:00:00Z"),
+                (STEP_DEADLINE, deadline),
+                (SLOT, "ospatch-slot-0"),
+            ])
+        };
+        // Rebooting on purpose, within its deadline: the slot stays its own.
+        let n = rebooting("2026-01-01T00:30:00Z");
+        assert_eq!(
+            takeover(Some(&n), "ospatch-slot-0", now, d),
+            Takeover::Wait(t("2026-01-01T00:30:00Z"))
+        );
+        // Past it: abandoned, with the node's state in the message.
+        let n = rebooting("2026-01-01T00:05:00Z");
+        match takeover(Some(&n), "ospatch-slot-0", now, d) {
+            Takeover::Abandoned(m) => {
+                assert!(m.contains("rebooting") && m.contains("not Ready"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // No deadline written: step-since + the fallback.
+        let n = holder(&[(STEP, "patching"), (STEP_SINCE, "2026-01-01T00:00:00Z")]);
+        let long = std::time::Duration::from_secs(1200);
+        assert_eq!(
+            takeover(Some(&n), "ospatch-slot-0", now, long),
+            Takeover::Wait(t("2026-01-01T00:20:00Z"))
+        );
+        assert!(matches!(
+            takeover(Some(&n), "ospatch-slot-0", now, d),
+            Takeover::Abandoned(_)
+        ));
+        // Finished, in another slot, or gone: a stale Lease, nobody to blame.
+        let idle = holder(&[(STEP, "idle")]);
+        assert_eq!(
+            takeover(Some(&idle), "ospatch-slot-0", now, d),
+            Takeover::Stale
+        );
+        let other = holder(&[(STEP, "rebooting"), (SLOT, "ospatch-slot-1")]);
+        assert_eq!(
+            takeover(Some(&other), "ospatch-slot-0", now, d),
+            Takeover::Stale
+        );
+        assert_eq!(takeover(None, "ospatch-slot-0", now, d), Takeover::Stale);
     }
 }

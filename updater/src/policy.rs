@@ -292,10 +292,11 @@ impl MaintenanceWindow {
         let local = at.with_timezone(&self.time_zone);
         let t = local.time();
         let day_ok = |d: Weekday| self.days.is_empty() || self.days.contains(&d);
-        if self.start <= self.end {
+        if self.start < self.end {
             day_ok(local.weekday()) && t >= self.start && t < self.end
         } else {
-            // Wraps: the evening part belongs to today, the morning part to yesterday.
+            // Wraps: the evening part belongs to today, the morning part to yesterday. A
+            // window whose end is its start is 24 hours from its start on each listed day.
             (t >= self.start && day_ok(local.weekday()))
                 || (t < self.end && day_ok(local.weekday().pred()))
         }
@@ -334,8 +335,9 @@ impl Default for PatchPolicy {
 fn parse_bool(key: &str, v: &str) -> Result<bool, PolicyError> {
     match v.trim() {
         "true" | "True" | "yes" => Ok(true),
-        "false" | "False" | "no" | "" => Ok(false),
-        other => Err(perr(key, format!("{other:?} is not true or false"))),
+        "false" | "False" | "no" => Ok(false),
+        // An empty value is not "false": a key given without its value is a mistake to report.
+        _ => Err(perr(key, format!("{v:?} is not true or false"))),
     }
 }
 
@@ -476,15 +478,24 @@ pub struct NodeRecord {
 /// occurrence since its last patch and last run. Windows and pause are the caller's.
 pub fn due(policy: &PatchPolicy, rec: &NodeRecord, now: DateTime<Utc>) -> Due {
     let last_run = rec.last_run_start;
+    // Requests and cut-offs still in the future (a client clock ahead, a cut-off set for
+    // later) are times to wake at, like the next schedule occurrence.
+    let mut wake: Vec<DateTime<Utc>> = Vec::new();
     if let Some(req) = rec.patch_requested {
-        if last_run.is_none_or(|r| r < req) && req <= now {
-            return Due::Now("on-demand");
+        if last_run.is_none_or(|r| r < req) {
+            if req <= now {
+                return Due::Now("on-demand");
+            }
+            wake.push(req);
         }
     }
     if let Some(after) = policy.on_demand_patch_after {
         let stale = rec.last_applied_patch_time.is_none_or(|t| t < after);
-        if stale && last_run.is_none_or(|r| r < after) && after <= now {
-            return Due::Now("on-demand");
+        if stale && last_run.is_none_or(|r| r < after) {
+            if after <= now {
+                return Due::Now("on-demand");
+            }
+            wake.push(after);
         }
     }
     let base = [rec.last_applied_patch_time, last_run]
@@ -494,7 +505,7 @@ pub fn due(policy: &PatchPolicy, rec: &NodeRecord, now: DateTime<Utc>) -> Due {
         .unwrap_or(now - chrono::Duration::seconds(1));
     match policy.next_occurrence(base) {
         Some(t) if t <= now => Due::Now("scheduled"),
-        other => Due::Later(other),
+        other => Due::Later(wake.into_iter().chain(other).min()),
     }
 }
 
@@ -636,10 +647,46 @@ mod tests {
             ),
             ("maintenanceWindows", r#"[{"start":"25:00","end":"02:00"}]"#),
             ("sched", "* * * * *"),
+            ("rebootIfRequired", ""),
+            ("rebootIfRequired", "  "),
+            ("paused", ""),
+            ("importedCluster", "maybe"),
         ] {
             let e = parse_patch_policy(&data(&[(k, v)])).unwrap_err();
             assert_eq!(e.key, k, "{k}={v}: {e}");
         }
+        // An empty boolean is an error naming the key and showing the value, not a silent false.
+        let e = parse_patch_policy(&data(&[("rebootIfRequired", "")])).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("rebootIfRequired") && m.contains(r#""""#), "{m}");
+    }
+
+    #[test]
+    fn a_window_whose_start_is_its_end_is_the_whole_day() {
+        let w = MaintenanceWindow {
+            days: vec![Weekday::Sat],
+            start: NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+            time_zone: Tz::UTC,
+        };
+        // 2026-11-28 is a Saturday.
+        for at in [
+            "2026-11-28T00:00:00Z",
+            "2026-11-28T12:00:00Z",
+            "2026-11-28T23:59:59Z",
+        ] {
+            assert!(w.contains(t(at)), "{at}");
+        }
+        assert!(!w.contains(t("2026-11-29T00:00:00Z")));
+        assert!(!w.contains(t("2026-11-27T23:59:59Z")));
+        let any_day = MaintenanceWindow {
+            days: vec![],
+            start: NaiveTime::from_hms_opt(3, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(3, 0, 0).unwrap(),
+            time_zone: Tz::UTC,
+        };
+        assert!(any_day.contains(t("2026-11-24T02:59:00Z")));
+        assert!(any_day.contains(t("2026-11-24T03:00:00Z")));
     }
 
     #[test]
@@ -736,6 +783,44 @@ mod tests {
         assert_eq!(
             due(&p2, &fresh, t("2026-11-24T04:10:00Z")),
             Due::Later(None)
+        );
+    }
+
+    #[test]
+    fn a_future_request_or_cut_off_is_a_time_to_wake_at() {
+        // onDemandPatchAfter in the future, no schedule: due then, not "later, no time".
+        let p = PatchPolicy {
+            on_demand_patch_after: Some(t("2026-11-24T05:00:00Z")),
+            ..Default::default()
+        };
+        let rec = NodeRecord {
+            last_applied_patch_time: Some(t("2026-11-23T03:00:00Z")),
+            ..Default::default()
+        };
+        let now = t("2026-11-24T04:00:00Z");
+        assert_eq!(
+            due(&p, &rec, now),
+            Due::Later(Some(t("2026-11-24T05:00:00Z")))
+        );
+        // A request stamped by a client whose clock runs ahead, with a schedule further off.
+        let p = parse_patch_policy(&data(&[("schedule", "0 2 * * *")])).unwrap();
+        let rec = NodeRecord {
+            last_applied_patch_time: Some(t("2026-11-24T03:00:00Z")),
+            patch_requested: Some(t("2026-11-24T04:00:30Z")),
+            ..Default::default()
+        };
+        assert_eq!(
+            due(&p, &rec, now),
+            Due::Later(Some(t("2026-11-24T04:00:30Z")))
+        );
+        // The earliest of them, whichever it is.
+        let rec = NodeRecord {
+            patch_requested: Some(t("2026-11-26T00:00:00Z")),
+            ..rec
+        };
+        assert_eq!(
+            due(&p, &rec, now),
+            Due::Later(Some(t("2026-11-25T02:00:00Z")))
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Cluster-wide patch slots: coordination.k8s.io Leases `ospatch-slot-<i>`, at most
 //! `maxConcurrency` of them held. A holder renews its Lease while it holds it; a Lease not
-//! renewed for its duration is expired and may be taken over (the caller then marks the old
-//! holder's node failed). Release clears the holder so waiters watching the Lease see it free.
+//! renewed for its duration is expired, and may be taken over only when the caller has decided
+//! so from the holder Node's own state ([`crate::node::takeover`]: a node rebooting on purpose
+//! keeps its slot until its reboot deadline). Release clears the holder so waiters watching the Lease see it free.
 //! This module does not decide when to patch or what to do with a node.
 
 use chrono::Utc;
@@ -109,6 +110,11 @@ impl Slots {
             lease_transitions: Some(transitions),
             ..LeaseSpec::default()
         }
+    }
+
+    /// One slot lease, if it exists.
+    pub async fn get(&self, name: &str) -> Result<Option<Lease>, kube::Error> {
+        self.api.get_opt(name).await
     }
 
     /// All slot leases.

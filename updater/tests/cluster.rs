@@ -21,7 +21,7 @@ use updater::agent::{Agent, AgentOptions};
 use updater::cycle::Step;
 use updater::kube_util::client_for_kubeconfig;
 use updater::node as ann;
-use updater::sim::SimulatedHost;
+use updater::sim::{ApplyOutcome, Behaviour, Behaviours, SimulatedHost};
 
 const NS: &str = "bootpatch-system";
 
@@ -52,11 +52,35 @@ fn fast_opts(node: &str) -> AgentOptions {
     o.node_ready_timeout = Duration::from_secs(10);
     o.steal_interval = Duration::from_secs(1);
     o.window_check = Duration::from_secs(1);
+    // A lost node (one that never comes back) is given up on quickly.
+    o.reboot_deadline = Duration::from_secs(10);
+    o.step_deadline = Duration::from_secs(20);
+    // Applies take 300 ms here: one that hangs is given up on after 5 s.
+    o.apply_deadline = Duration::from_secs(5);
+    o.drain_deadline = Duration::from_secs(20);
     o
+}
+
+/// The simulated fleet's behaviour unless a test says otherwise: the versions are the
+/// scenario's, and the assertions read them from here.
+const BEFORE: &str = "12.7";
+const AFTER: &str = "12.8";
+
+fn default_behaviour() -> Behaviour {
+    Behaviour::patched(
+        Duration::from_millis(300),
+        Duration::from_millis(700),
+        BEFORE,
+        AFTER,
+    )
 }
 
 impl Fleet {
     fn new(n: usize, drain_json: &str, patch: Value) -> Self {
+        Self::with_behaviours(n, drain_json, patch, Behaviours::new(default_behaviour()))
+    }
+
+    fn with_behaviours(n: usize, drain_json: &str, patch: Value, table: Behaviours) -> Self {
         let c = Arc::new(Cluster::start_with(Options {
             pod_start_delay: Duration::from_millis(200),
             ..Options::default()
@@ -75,15 +99,11 @@ impl Fleet {
         let mut hosts = HashMap::new();
         for name in &nodes {
             let cc = c.clone();
-            let h = SimulatedHost::new(
-                name,
-                Duration::from_millis(300),
-                Duration::from_millis(700),
-                true,
-            )
-            .with_reboot_hook(Arc::new(move |node, down| {
-                cc.server.simulate_node_reboot(node, down);
-            }));
+            let h = SimulatedHost::with_behaviour(name, table.for_node(name)).with_reboot_hook(
+                Arc::new(move |node, down| {
+                    cc.server.simulate_node_reboot(node, down);
+                }),
+            );
             hosts.insert(name.clone(), Arc::new(h));
         }
         Self {
@@ -99,18 +119,72 @@ impl Fleet {
         self.start_with(node, fast_opts(node));
     }
 
+    /// Starts the node's agent under its simulated host's supervision: a reboot that kills
+    /// the agent drops it, and a fresh one starts when the host is back.
     fn start_with(&mut self, node: &str, opts: AgentOptions) {
+        let kubeconfig = self.c.server.kubeconfig();
+        self.spawn_agent(node, opts, &kubeconfig);
+    }
+
+    fn spawn_agent(&mut self, node: &str, opts: AgentOptions, kubeconfig: &str) {
         let _g = self.rt.enter();
-        let kube = client_for_kubeconfig(&self.c.server.kubeconfig(), opts.watch_timeout).unwrap();
-        let agent = Agent::new(opts, kube, self.hosts[node].clone());
-        let h = self.rt.spawn(async move {
-            if let Err(e) = agent.run().await {
-                eprintln!("agent ended: {e:#}");
+        let kube = client_for_kubeconfig(kubeconfig, opts.watch_timeout).unwrap();
+        let host = self.hosts[node].clone();
+        let h = self.rt.spawn(host.clone().supervise(move || {
+            let agent = Agent::new(opts.clone(), kube.clone(), host.clone());
+            async move {
+                if let Err(e) = agent.run().await {
+                    eprintln!("agent ended: {e:#}");
+                }
             }
-        });
+        }));
         if let Some(old) = self.agents.insert(node.to_string(), h) {
             old.abort();
         }
+    }
+
+    /// Starts the node's agent behind an API outage switch: while `down` is true, its
+    /// connections to the API server are cut and new ones refused (the other agents are
+    /// not affected). A stand-in for a network or API server outage seen by one node.
+    fn start_behind_outage_switch(
+        &mut self,
+        node: &str,
+        opts: AgentOptions,
+        down: Arc<tokio::sync::watch::Sender<bool>>,
+    ) {
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let proxy = format!("{}", listener.local_addr().unwrap());
+        let target = self.c.server.addr();
+        let d = down.clone();
+        self.rt.spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *d.borrow() {
+                    continue;
+                }
+                let mut cut = d.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { cut.wait_for(|down| *down).await.map(|_| ()) } => {}
+                    }
+                });
+            }
+        });
+        let kubeconfig = self
+            .c
+            .server
+            .kubeconfig()
+            .replace(&self.c.server.addr().to_string(), &proxy);
+        self.spawn_agent(node, opts, &kubeconfig);
     }
 
     fn start_all(&mut self) {
@@ -132,11 +206,7 @@ impl Fleet {
     }
 
     fn ann(&self, n: &str, key: &str) -> String {
-        util::str_at(
-            &self.node(n),
-            &format!("metadata.annotations.{}", key.replace('.', "\\.")),
-        )
-        .to_string()
+        annotation(&self.node(n), key)
     }
 
     fn ospatch(&self, args: &[&str]) -> common::Out {
@@ -324,7 +394,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     // The first-boot result is published from the host's state file.
     f.wait("first-boot state published", 10, |s| {
         nodes_of(s).iter().all(|n| {
-            annotation(n, ann::PATCHED_VERSION) == "12.10"
+            annotation(n, ann::PATCHED_VERSION) == BEFORE
                 && annotation(n, ann::FIRST_BOOT_RESULT).starts_with("patched")
         })
     });
@@ -338,7 +408,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     );
     assert!(
         o.stdout.lines().any(|l| l.starts_with("node-1")
-            && l.contains("12.10")
+            && l.contains(BEFORE)
             && l.contains("2026-01-01T00:00:00Z")
             && l.contains("idle")),
         "{}",
@@ -362,7 +432,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     for n in &nodes {
         let node = f.node(n);
         assert!(!unschedulable(&node), "{n} left cordoned");
-        assert_eq!(annotation(&node, ann::PATCHED_VERSION), "12.11");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), AFTER);
         assert_eq!(annotation(&node, ann::REBOOT_REQUIRED), "false");
         assert!(annotation(&node, ann::LAST_APPLIED_PATCH_TIME).starts_with("20"));
         assert_eq!(
@@ -391,7 +461,7 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
     assert!(
         o.stdout
             .lines()
-            .filter(|l| l.contains("12.11") && l.contains("success"))
+            .filter(|l| l.contains(AFTER) && l.contains("success"))
             .count()
             == 3,
         "{}",
@@ -420,7 +490,7 @@ fn twenty_nodes_scheduled_run_respects_concurrency_pdb_and_an_admin_cordon() {
     f.wait("agents up", 20, |s| {
         nodes_of(s)
             .iter()
-            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == BEFORE)
     });
     let mon = Monitor::start(&f.c, "web");
     let o = f.ospatch(&["resume"]);
@@ -448,11 +518,20 @@ fn twenty_nodes_scheduled_run_respects_concurrency_pdb_and_an_admin_cordon() {
 
 #[test]
 fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
-    let mut f = Fleet::new(
-        3,
-        r#"{"timeout": "3s", "ignoreDaemonSets": true}"#,
-        json!({"maxConcurrency": "1"}),
+    drain_blocked_by_a_pdb(r#"{"timeout": "3s", "ignoreDaemonSets": true}"#, &[]);
+}
+
+/// `timeout: 0` is "no timeout" on the reference page: the agent's own drain deadline applies.
+#[test]
+fn a_drain_without_a_timeout_meets_the_agents_drain_deadline() {
+    drain_blocked_by_a_pdb(
+        r#"{"timeout": 0, "ignoreDaemonSets": true}"#,
+        &["no timeout", "drain deadline of 3s"],
     );
+}
+
+fn drain_blocked_by_a_pdb(drain_json: &str, also_in_message: &[&str]) {
+    let mut f = Fleet::new(3, drain_json, json!({"maxConcurrency": "1"}));
     // Two web pods, both on node-1, and a PDB that allows no disruption.
     for n in ["node-2", "node-3"] {
         f.c.server
@@ -496,7 +575,9 @@ fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
             json!(2),
         ))
         .unwrap();
-    f.start("node-1");
+    let mut o = fast_opts("node-1");
+    o.drain_deadline = Duration::from_secs(3);
+    f.start_with("node-1", o);
     let o = f.ospatch(&["now", "node-1"]);
     assert_eq!(o.code, 0, "{o:?}");
     f.wait("drain timed out", 30, |s| {
@@ -510,6 +591,9 @@ fn drain_blocked_by_a_pdb_until_timeout_uncordons_releases_and_records_why() {
     assert!(!unschedulable(&node), "uncordoned after the failed drain");
     let msg = annotation(&node, ann::LAST_MESSAGE);
     assert!(msg.contains("global timeout reached: 3s"), "{msg}");
+    for part in also_in_message {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
     assert_eq!(
         f.hosts["node-1"].applies.load(Ordering::SeqCst),
         0,
@@ -561,7 +645,7 @@ fn agent_killed_at_every_step_resumes_and_finishes() {
         assert!(!unschedulable(&node), "killed at {step}: left cordoned");
         assert_eq!(
             annotation(&node, ann::PATCHED_VERSION),
-            "12.11",
+            AFTER,
             "killed at {step}"
         );
         f.c.server
@@ -645,7 +729,7 @@ fn malformed_configmaps_are_reported_and_the_last_good_policy_stays() {
     f.wait("agents up", 10, |s| {
         nodes_of(s)
             .iter()
-            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == BEFORE)
     });
     // Break the drain policy: the defaults would refuse the DaemonSet pods, the last good one
     // ignores them, so a successful run shows which one is in force.
@@ -824,7 +908,7 @@ fn plugin_schedule_pause_resume_and_drain_policy() {
 }
 
 #[test]
-fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window() {
+fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window_and_wakes_for_the_future() {
     let now = chrono::Utc::now();
     let hhmm = |d: chrono::Duration| (now + d).format("%H:%M").to_string();
     let open = format!(
@@ -851,29 +935,404 @@ fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window() {
             .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
         "once"
     );
-    // A later cut-off, but the window is closed now: nothing starts.
-    let closed = format!(
-        r#"[{{"start": "{}", "end": "{}", "timeZone": "UTC"}}]"#,
-        hhmm(chrono::Duration::hours(2)),
-        hhmm(chrono::Duration::hours(3))
-    );
-    let later = (chrono::Utc::now() + chrono::Duration::seconds(1))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut pp =
+    let set_policy = |data: Value| {
+        let mut pp =
+            f.c.server
+                .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+                .unwrap();
+        pp["data"] = data;
         f.c.server
-            .get(&CONFIGMAPS, NS, "bootpatch-patch-policy")
+            .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
             .unwrap();
-    pp["data"] =
-        json!({"maxConcurrency": "2", "onDemandPatchAfter": later, "maintenanceWindows": closed});
-    f.c.server
-        .with_store(|s| s.update(&CONFIGMAPS, NS, "bootpatch-patch-policy", pp, false, false))
+    };
+    let runs_since = |t: chrono::DateTime<chrono::Utc>| {
+        let t = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        move |s: &Store| {
+            nodes_of(s).iter().all(|o| {
+                annotation(o, ann::LAST_RUN_START) >= t
+                    && annotation(o, ann::LAST_RESULT) == "success"
+                    && annotation(o, ann::STEP) == "idle"
+            })
+        }
+    };
+    // A cut-off a few seconds ahead, the window open: nothing else happens, yet every node
+    // runs once the cut-off has passed, not before.
+    let ahead = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let ahead = ahead
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .parse::<chrono::DateTime<chrono::Utc>>()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    set_policy(json!({"maxConcurrency": "2",
+        "onDemandPatchAfter": ahead.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "maintenanceWindows": open}));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         nodes
             .iter()
             .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
-        "ran outside its window"
+        "ran before the cut-off"
     );
+    f.wait(
+        "a run once the future cut-off passed",
+        30,
+        runs_since(ahead),
+    );
+    // A cut-off that passes while the window is closed: nothing starts until the window
+    // opens (at the next whole minute), then every node runs, with no other event.
+    let opens = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let opens = opens
+        .format("%Y-%m-%dT%H:%M:00Z")
+        .to_string()
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap();
+    let window = format!(
+        r#"[{{"start": "{}", "end": "{}", "timeZone": "UTC"}}]"#,
+        opens.format("%H:%M"),
+        (opens + chrono::Duration::hours(1)).format("%H:%M")
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    set_policy(
+        json!({"maxConcurrency": "2", "onDemandPatchAfter": later, "maintenanceWindows": window}),
+    );
+    while chrono::Utc::now() + chrono::Duration::milliseconds(500) < opens {
+        assert!(
+            nodes
+                .iter()
+                .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 2),
+            "ran outside its window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.wait("a run once the window opened", 30, runs_since(opens));
+    assert!(nodes
+        .iter()
+        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 3));
     assert!(nodes.iter().all(|n| !unschedulable(&f.node(n))));
+}
+
+/// Samples the store until stopped: how often `b` was in a run while `a` was not yet back
+/// (not idle, or still cordoned), and whether `a` was ever marked failed.
+fn watch_overlap(
+    c: &Arc<Cluster>,
+    a: &'static str,
+    b: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(usize, bool)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, c) = (stop.clone(), c.clone());
+    let t = std::thread::spawn(move || {
+        let (mut overlaps, mut a_failed) = (0, false);
+        while !s.load(Ordering::Relaxed) {
+            c.server.with_store(|st| {
+                let all = nodes_of(st);
+                let get = |n: &str| {
+                    all.iter()
+                        .find(|o| util::str_at(o, "metadata.name") == n)
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                };
+                let (na, nb) = (get(a), get(b));
+                let step_b = Step::parse(&annotation(&nb, ann::STEP)).unwrap_or(Step::Idle);
+                let a_back = annotation(&na, ann::STEP) == "idle" && !unschedulable(&na);
+                if step_b.in_run() && !a_back {
+                    overlaps += 1;
+                }
+                a_failed |= annotation(&na, ann::STEP) == "failed";
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (overlaps, a_failed)
+    });
+    (stop, t)
+}
+
+#[test]
+fn a_reboot_that_outlasts_the_lease_keeps_the_slot_and_kills_the_agent() {
+    // node-1's reboot lasts four times the Lease (5 s) and kills its agent, as a real one does.
+    let mut long = default_behaviour();
+    long.reboot_duration = Duration::from_secs(20);
+    long.reboot_kills_agent = true;
+    let table = Behaviours::new(default_behaviour()).with("node-1", long);
+    let mut f = Fleet::with_behaviours(2, DRAIN_OK, json!({"maxConcurrency": "1"}), table);
+    seed_workloads(&f, 2);
+    let mut o = fast_opts("node-1");
+    o.reboot_deadline = Duration::from_secs(60);
+    f.start_with("node-1", o);
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 rebooting", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "rebooting"
+        })
+    });
+    // node-2 queues behind it.
+    let (stop, t) = watch_overlap(&f.c, "node-1", "node-2");
+    f.start("node-2");
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    let nodes = f.nodes.clone();
+    f.wait("both patched, or node-1 failed", 90, |s| {
+        all_results(s, &nodes, "success")
+            || nodes_of(s)
+                .iter()
+                .any(|n| annotation(n, ann::STEP) == "failed")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (overlaps, a_failed) = t.join().unwrap();
+    let n1 = f.node("node-1");
+    assert!(
+        !a_failed,
+        "node-1 was marked failed while it rebooted: {}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    assert_eq!(overlaps, 0, "node-2 ran while node-1 was not back");
+    assert!(
+        f.hosts["node-1"].agent_starts.load(Ordering::SeqCst) >= 2,
+        "the reboot did not kill node-1's agent"
+    );
+    for n in &nodes {
+        assert!(!unschedulable(&f.node(n)), "{n} left cordoned");
+        assert_eq!(f.ann(n, ann::PATCHED_VERSION), AFTER);
+    }
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
+
+#[test]
+fn a_failed_node_reset_with_ospatch_now_ends_uncordoned() {
+    let mut f = Fleet::new(2, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    seed_workloads(&f, 2);
+    // As a takeover leaves it: failed, cordoned by the agent.
+    f.c.server
+        .with_store(|s| {
+            s.patch(
+                &NODES,
+                "",
+                "node-1",
+                PatchType::Merge,
+                &json!({"metadata": {"annotations": {
+                    ann::STEP: "failed", ann::LAST_RESULT: "failed",
+                    ann::CORDONED_BY_AGENT: "true"}},
+                    "spec": {"unschedulable": true}}),
+                false,
+                false,
+            )
+        })
+        .unwrap();
+    f.start_all();
+    let o = f.ospatch(&["now", "node-1"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("failed state cleared"), "{}", o.stdout);
+    let nodes = vec!["node-1".to_string()];
+    f.wait("node-1 patched after the reset", 60, |s| {
+        all_results(s, &nodes, "success")
+    });
+    let n1 = f.node("node-1");
+    assert!(
+        !unschedulable(&n1),
+        "the agent's own cordon from the failed run was kept as an admin's"
+    );
+    assert_eq!(annotation(&n1, ann::PATCHED_VERSION), AFTER);
+}
+
+#[test]
+fn reboot_required_is_live_after_the_reboot_and_an_agent_restart() {
+    let mut f = Fleet::new(1, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    f.start("node-1");
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    let nodes = f.nodes.clone();
+    f.wait("patched and rebooted", 60, |s| {
+        all_results(s, &nodes, "success")
+    });
+    assert_eq!(f.hosts["node-1"].reboots.load(Ordering::SeqCst), 1);
+    // bootpatch's state file still records the pending reboot (only its next run clears it).
+    assert!(f.hosts["node-1"].state_now().reboot_pending.is_some());
+    assert_eq!(f.ann("node-1", ann::REBOOT_REQUIRED), "false");
+    // A restarted agent publishes the host's state again: the reboot has happened.
+    f.c.server
+        .with_store(|s| {
+            s.patch(
+                &NODES,
+                "",
+                "node-1",
+                PatchType::Merge,
+                &json!({"metadata": {"annotations": {ann::PATCHED_VERSION: null}}}),
+                false,
+                false,
+            )
+        })
+        .unwrap();
+    f.kill("node-1");
+    f.start("node-1");
+    f.wait("state published again", 20, |s| {
+        nodes_of(s)
+            .iter()
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == AFTER)
+    });
+    assert_eq!(
+        f.ann("node-1", ann::REBOOT_REQUIRED),
+        "false",
+        "a stale reboot-required republished from the state file"
+    );
+}
+
+#[test]
+fn an_apply_that_hangs_meets_its_deadline_and_frees_the_slot() {
+    let mut hung = default_behaviour();
+    hung.outcome = ApplyOutcome::Hangs;
+    let table = Behaviours::new(default_behaviour()).with("node-1", hung);
+    let mut f = Fleet::with_behaviours(2, DRAIN_OK, json!({"maxConcurrency": "1"}), table);
+    f.start("node-1");
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 patching", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "patching"
+        })
+    });
+    f.start("node-2");
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    f.wait("node-1 given up on, node-2 patched", 60, |s| {
+        let all = nodes_of(s);
+        let get = |n: &str| all.iter().find(|o| util::str_at(o, "metadata.name") == n);
+        get("node-1").is_some_and(|o| {
+            annotation(o, ann::STEP) == "idle" && annotation(o, ann::LAST_RESULT) == "patch-timeout"
+        }) && get("node-2").is_some_and(|o| annotation(o, ann::LAST_RESULT) == "success")
+    });
+    let n1 = f.node("node-1");
+    assert!(
+        annotation(&n1, ann::LAST_MESSAGE).contains("deadline"),
+        "{}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    assert!(
+        !unschedulable(&n1),
+        "left cordoned after the apply deadline"
+    );
+    assert_eq!(annotation(&n1, ann::PATCHED_VERSION), BEFORE);
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
+
+#[test]
+fn a_reboot_that_never_happens_meets_its_deadline_and_frees_the_slot() {
+    let mut f = Fleet::new(2, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    // The host is asked to reboot and never does; its agent lives on and waits.
+    f.hosts["node-1"]
+        .never_returns
+        .store(true, Ordering::SeqCst);
+    f.start_all();
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 given up on", 60, |s| {
+        nodes_of(s).iter().any(|o| {
+            util::str_at(o, "metadata.name") == "node-1"
+                && annotation(o, ann::STEP) == "idle"
+                && annotation(o, ann::LAST_RESULT) == "reboot-timeout"
+        })
+    });
+    let n1 = f.node("node-1");
+    assert!(
+        annotation(&n1, ann::LAST_MESSAGE).contains("reboot deadline"),
+        "{}",
+        annotation(&n1, ann::LAST_MESSAGE)
+    );
+    assert!(
+        !unschedulable(&n1),
+        "left cordoned after the reboot deadline"
+    );
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+    // The slot is free again: the next node runs.
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    let n2 = vec!["node-2".to_string()];
+    f.wait("node-2 patched", 60, |s| all_results(s, &n2, "success"));
+}
+
+#[test]
+fn apply_outcomes_from_the_behaviour_table() {
+    let with = |f: &dyn Fn(&mut Behaviour)| {
+        let mut b = default_behaviour();
+        f(&mut b);
+        b
+    };
+    let table = Behaviours::new(default_behaviour())
+        .with(
+            "node-1",
+            with(&|b| b.outcome = ApplyOutcome::Fails { exit_code: 5 }),
+        )
+        .with(
+            "node-2",
+            with(&|b| b.outcome = ApplyOutcome::Fails { exit_code: 7 }),
+        )
+        .with("node-3", with(&|b| b.outcome = ApplyOutcome::UpToDate))
+        .with("node-4", with(&|b| b.reboot_required = false));
+    let mut f = Fleet::with_behaviours(4, DRAIN_OK, json!({"maxConcurrency": "4"}), table);
+    f.start_all();
+    assert_eq!(f.ospatch(&["now"]).code, 0);
+    let nodes = f.nodes.clone();
+    f.wait("every run over", 60, |s| {
+        nodes_of(s).iter().all(|o| {
+            annotation(o, ann::STEP) == "idle" && !annotation(o, ann::LAST_RESULT).is_empty()
+        })
+    });
+    for (n, label) in [("node-1", "mirror-unreachable"), ("node-2", "package")] {
+        let node = f.node(n);
+        assert_eq!(annotation(&node, ann::LAST_RESULT), "patch-failed", "{n}");
+        let msg = annotation(&node, ann::LAST_MESSAGE);
+        assert!(msg.contains(label), "{n}: {msg}");
+        assert!(!unschedulable(&node), "{n} left cordoned");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), BEFORE, "{n}");
+    }
+    let expect = [("node-3", BEFORE), ("node-4", AFTER)];
+    for (n, version) in expect {
+        let node = f.node(n);
+        assert_eq!(annotation(&node, ann::LAST_RESULT), "success", "{n}");
+        assert_eq!(annotation(&node, ann::PATCHED_VERSION), version, "{n}");
+        assert_eq!(annotation(&node, ann::REBOOT_REQUIRED), "false", "{n}");
+        assert_eq!(f.hosts[n].reboots.load(Ordering::SeqCst), 0, "{n} rebooted");
+        assert!(!unschedulable(&node), "{n} left cordoned");
+    }
+    assert!(nodes
+        .iter()
+        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1));
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+}
+
+#[test]
+fn an_api_outage_longer_than_the_lease_does_not_fail_the_holder() {
+    // node-1's apply is slow; while it runs, node-1 loses the API for twice the Lease (5 s).
+    let mut slow = default_behaviour();
+    slow.apply_duration = Duration::from_secs(14);
+    let table = Behaviours::new(default_behaviour()).with("node-1", slow);
+    let mut f = Fleet::with_behaviours(2, DRAIN_OK, json!({"maxConcurrency": "1"}), table);
+    seed_workloads(&f, 2);
+    let down = Arc::new(tokio::sync::watch::channel(false).0);
+    let mut o = fast_opts("node-1");
+    o.apply_deadline = Duration::from_secs(60);
+    f.start_behind_outage_switch("node-1", o, down.clone());
+    assert_eq!(f.ospatch(&["now", "node-1"]).code, 0);
+    f.wait("node-1 patching", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "patching"
+        })
+    });
+    let (stop, t) = watch_overlap(&f.c, "node-1", "node-2");
+    down.send_replace(true);
+    f.start("node-2");
+    assert_eq!(f.ospatch(&["now", "node-2"]).code, 0);
+    std::thread::sleep(Duration::from_secs(10));
+    down.send_replace(false);
+    let nodes = f.nodes.clone();
+    f.wait("both patched, or node-1 failed", 90, |s| {
+        all_results(s, &nodes, "success")
+            || nodes_of(s)
+                .iter()
+                .any(|n| annotation(n, ann::STEP) == "failed")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (overlaps, a_failed) = t.join().unwrap();
+    assert!(
+        !a_failed,
+        "node-1 was marked failed during its API outage: {}",
+        f.ann("node-1", ann::LAST_MESSAGE)
+    );
+    assert_eq!(overlaps, 0, "node-2 ran while node-1 held the slot");
+    for n in &nodes {
+        assert!(!unschedulable(&f.node(n)), "{n} left cordoned");
+        assert_eq!(f.ann(n, ann::PATCHED_VERSION), AFTER);
+    }
 }
