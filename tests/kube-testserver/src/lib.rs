@@ -64,6 +64,21 @@ pub struct Options {
     /// Names (IP addresses or DNS names) the serving certificate is valid for, besides
     /// loopback and `kubernetes.default.svc` (`auth::DEFAULT_SANS`).
     pub extra_sans: Vec<String>,
+    /// How a watch that asks for a resourceVersion older than the history is refused.
+    pub watch_gone: WatchGone,
+}
+
+/// The two ways a real apiserver refuses a watch whose resourceVersion is too old: an `ERROR`
+/// event carrying a `410 Expired` Status on a watch that opened with 200 (the watch cache's
+/// way), or the request itself answered with HTTP 410 Gone and the Status as its body (an
+/// error raised before the stream starts). Clients must relist on either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WatchGone {
+    /// 200, then one `ERROR` event with the 410 Status, then the end of the stream.
+    #[default]
+    ErrorEvent,
+    /// HTTP 410 Gone with the Status as the body.
+    HttpStatus,
 }
 
 impl Default for Options {
@@ -78,6 +93,7 @@ impl Default for Options {
             watch_queue: 1024,
             plain_http: false,
             extra_sans: Vec::new(),
+            watch_gone: WatchGone::default(),
         }
     }
 }
@@ -86,6 +102,7 @@ impl Default for Options {
 pub struct Shared {
     store: Mutex<Store>,
     pub bookmark_interval: Duration,
+    pub watch_gone: WatchGone,
     /// The tokens requests must carry; None serves everyone (plain HTTP).
     pub tokens: Option<auth::Tokens>,
 }
@@ -130,6 +147,7 @@ impl TestServer {
                 watch_queue: opts.watch_queue.max(1),
             })),
             bookmark_interval: opts.bookmark_interval,
+            watch_gone: opts.watch_gone,
             tokens: (!opts.plain_http).then(auth::Tokens::default),
         });
         let pki = match opts.plain_http {

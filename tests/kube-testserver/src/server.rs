@@ -8,7 +8,7 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError};
 use crate::store::{DeleteOpts, EventType, Filter, Obj, PatchType, Subscription};
 use crate::table;
-use crate::Shared;
+use crate::{Shared, WatchGone};
 use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
@@ -851,6 +851,7 @@ fn watch_resp(
     let mut pending = VecDeque::new();
     let sub = match sub {
         Ok(s) => s,
+        Err(e) if e.code == 410 && shared.watch_gone == WatchGone::HttpStatus => return Err(e),
         Err(e) => {
             pending.push_back(error_line(&e));
             let body = StreamBody::new(stream::iter(

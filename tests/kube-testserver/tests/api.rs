@@ -515,6 +515,55 @@ fn watch_streams_resumes_bookmarks_and_expires() {
 }
 
 #[test]
+fn a_too_old_watch_can_be_refused_with_http_410() {
+    // The other way a real apiserver refuses a resourceVersion it no longer has: the request
+    // itself fails with 410 Gone (the Status as its body), before any stream opens.
+    let s = TestServer::start(Options {
+        history_size: 5,
+        watch_gone: kube_testserver::WatchGone::HttpStatus,
+        ..Options::default()
+    })
+    .expect("starting server");
+    let (_, cm) = call(
+        &s,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "first"}}),
+    );
+    let old_rv = cm["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..20 {
+        s.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("c{i}"), "namespace": "default"}}))
+            .unwrap();
+    }
+    let (code, v) = call(
+        &s,
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={old_rv}"),
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 410, "{v}");
+    assert_eq!(
+        (v["kind"].as_str(), v["code"].as_i64(), v["reason"].as_str()),
+        (Some("Status"), Some(410), Some("Expired"))
+    );
+    // A current resourceVersion still opens a watch.
+    let (code, _) = call(
+        &s,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1",
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 200);
+}
+
+#[test]
 fn graceful_pod_deletion() {
     let s = start();
     s.add_node("n1").unwrap();
