@@ -1,7 +1,8 @@
 //! Five-field cron schedules (`minute hour day-of-month month day-of-week`)
 //! with lists, ranges, steps, month and day names, and the `@daily` family.
 //! Day-of-month and day-of-week combine as in Vixie cron: when both are
-//! restricted, a day matching either one matches. Zone handling is the
+//! restricted, a day matching either one matches; a field starting with `*`
+//! (`*/2` too) is unrestricted, and then both must match. Zone handling is the
 //! caller's: [`Schedule::next_after`] works on wall-clock civil time.
 
 use crate::time::{days_in_month, weekday, Civil};
@@ -49,9 +50,7 @@ fn parse_field(text: &str, f: &Field) -> Result<(u64, bool), CronError> {
         if let Some(i) = f.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
             return Ok(i as u32 + f.min);
         }
-        let v: u32 = s
-            .parse()
-            .map_err(|_| err(&format!("{s:?} is not a number")))?;
+        let v: u32 = digits(s).ok_or_else(|| err(&format!("{s:?} is not a number")))?;
         // Day of week accepts 7 as Sunday.
         let max = if f.name == "day-of-week" { 7 } else { f.max };
         if v < f.min || v > max {
@@ -63,9 +62,8 @@ fn parse_field(text: &str, f: &Field) -> Result<(u64, bool), CronError> {
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let s: u32 = s
-                    .parse()
-                    .map_err(|_| err(&format!("step {s:?} is not a number")))?;
+                let s: u32 =
+                    digits(s).ok_or_else(|| err(&format!("step {s:?} is not a number")))?;
                 if s == 0 {
                     return Err(err("a step of 0"));
                 }
@@ -95,10 +93,17 @@ fn parse_field(text: &str, f: &Field) -> Result<(u64, bool), CronError> {
     if f.name == "day-of-week" && bits & (1 << 7) != 0 {
         bits = (bits & !(1 << 7)) | 1;
     }
-    Ok((
-        bits,
-        text != "*" && !text.starts_with("*/") || text.starts_with("*/") && text != "*/1",
-    ))
+    // Vixie cron: a field whose text starts with `*` (`*/2` too) is unrestricted.
+    Ok((bits, !text.starts_with('*')))
+}
+
+/// A plain decimal number: digits only (`str::parse` would take `+5`, which other crons read
+/// differently).
+fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 impl Schedule {
@@ -169,11 +174,13 @@ impl Schedule {
     fn day_matches(&self, y: i64, m: u32, d: u32) -> bool {
         let dom = self.days & (1 << d) != 0;
         let dow = self.weekdays & (1 << weekday(y, m, d)) != 0;
-        match (self.days_restricted, self.weekdays_restricted) {
-            (true, true) => dom || dow,
-            (true, false) => dom,
-            (false, true) => dow,
-            (false, false) => true,
+        // Vixie cron: OR only when both are restricted; otherwise AND, which for a
+        // plain `*` (every bit set) is the other field alone, and for `*/2` keeps
+        // its step.
+        if self.days_restricted && self.weekdays_restricted {
+            dom || dow
+        } else {
+            dom && dow
         }
     }
 
@@ -275,6 +282,31 @@ mod tests {
         assert!(s.matches(&at(2026, 11, 29, 0, 0))); // Sunday
         assert!(s.matches(&at(2026, 12, 1, 0, 0))); // Tuesday the 1st
         assert!(!s.matches(&at(2026, 12, 2, 0, 0)));
+        // Vixie cron: `*/2` is unrestricted, so the days must be odd AND Mondays
+        // (crontab(5): a field is restricted when it does not start with `*`).
+        let s = Schedule::parse("0 0 */2 * 1").unwrap();
+        assert!(!s.matches(&at(2026, 12, 3, 0, 0))); // odd, a Thursday
+        assert!(!s.matches(&at(2026, 12, 14, 0, 0))); // a Monday, even
+        assert!(s.matches(&at(2026, 12, 7, 0, 0))); // odd and a Monday
+        assert_eq!(
+            s.next_after(&at(2026, 12, 1, 12, 0)),
+            Some(at(2026, 12, 7, 0, 0))
+        );
+        let s = Schedule::parse("0 0 13 * */2").unwrap();
+        assert_eq!(
+            s.next_after(&at(2026, 12, 14, 0, 0)),
+            Some(at(2027, 2, 13, 0, 0)) // the next 13th on a Sun/Tue/Thu/Sat
+        );
+        // crontab(5)'s example: 04:30 on the 1st and 15th, plus every Friday.
+        let s = Schedule::parse("30 4 1,15 * 5").unwrap();
+        assert_eq!(
+            s.next_after(&at(2026, 12, 11, 5, 0)),
+            Some(at(2026, 12, 15, 4, 30))
+        );
+        assert_eq!(
+            s.next_after(&at(2026, 12, 1, 12, 0)),
+            Some(at(2026, 12, 4, 4, 30))
+        );
         // Sunday as 7, and macros.
         assert_eq!(
             Schedule::parse("0 0 * * 7").unwrap(),
@@ -291,6 +323,8 @@ mod tests {
             ("* * * foo *", "month"),
             ("* * * * 8", "day-of-week"),
             ("*/0 * * * *", "step of 0"),
+            ("0 0 1 * +1", "\"+1\" is not a number"),
+            ("*/+5 * * * *", "step"),
             ("5-1 * * * *", "backwards"),
             ("* * * *", "expected 5 fields"),
             ("@often", "unknown macro"),
