@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod node;
 pub mod plugin;
 pub mod policy;
+pub mod schedule;
 pub mod sim;
 pub mod slots;
 pub mod telemetry;

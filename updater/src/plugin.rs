@@ -324,7 +324,7 @@ async fn commands(cli: &Cli, client: Client, out: &mut dyn Write) -> anyhow::Res
             }
         }
         Command::Schedule { cron, time_zone } => {
-            bootpatch::cron::Schedule::parse(cron)
+            crate::schedule::Schedule::parse(cron)
                 .map_err(|e| anyhow::anyhow!("schedule {cron:?}: {e}"))?;
             let mut data = serde_json::json!({"schedule": cron});
             if let Some(tz) = time_zone {

@@ -4,7 +4,7 @@
 //! Parsing is pure; what to do with a policy that does not parse (keep the last good one)
 //! is the agent's business, not this module's.
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveTime, Utc, Weekday};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -306,7 +306,7 @@ impl MaintenanceWindow {
 /// The patch policy ConfigMap.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchPolicy {
-    pub schedule: Option<(String, bootpatch::cron::Schedule)>,
+    pub schedule: Option<(String, crate::schedule::Schedule)>,
     pub time_zone: Tz,
     pub reboot_if_required: bool,
     pub on_demand_patch_after: Option<DateTime<Utc>>,
@@ -350,7 +350,7 @@ pub fn parse_patch_policy(data: &BTreeMap<String, String>) -> Result<PatchPolicy
         match key.as_str() {
             "schedule" if v.is_empty() => p.schedule = None,
             "schedule" => {
-                let s = bootpatch::cron::Schedule::parse(v)
+                let s = crate::schedule::Schedule::parse(v)
                     .map_err(|e| perr("schedule", format!("{v:?}: {e}")))?;
                 p.schedule = Some((v.to_string(), s));
             }
@@ -408,45 +408,12 @@ pub fn parse_patch_policy(data: &BTreeMap<String, String>) -> Result<PatchPolicy
     Ok(p)
 }
 
-/// UTC instant of a civil time in a zone (DST gaps: the first valid instant after).
-fn civil_to_utc(tz: &Tz, c: &bootpatch::time::Civil) -> Option<DateTime<Utc>> {
-    let naive = chrono::NaiveDate::from_ymd_opt(c.year as i32, c.month, c.day)?
-        .and_hms_opt(c.hour, c.minute, c.second)?;
-    for shift in 0..=4 {
-        let n = naive + chrono::Duration::minutes(30 * shift);
-        if let Some(t) = tz.from_local_datetime(&n).earliest() {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    None
-}
-
-fn utc_to_civil(tz: &Tz, t: DateTime<Utc>) -> bootpatch::time::Civil {
-    let l = t.with_timezone(tz).naive_local();
-    bootpatch::time::Civil {
-        year: l.year() as i64,
-        month: l.month(),
-        day: l.day(),
-        hour: chrono::Timelike::hour(&l),
-        minute: chrono::Timelike::minute(&l),
-        second: chrono::Timelike::second(&l),
-    }
-}
-
 impl PatchPolicy {
-    /// The first scheduled occurrence strictly after `after`, in UTC.
+    /// The first scheduled occurrence strictly after `after`, in UTC (Vixie cron's meaning in
+    /// the policy's time zone, see `schedule`).
     pub fn next_occurrence(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let (_, s) = self.schedule.as_ref()?;
-        let mut from = utc_to_civil(&self.time_zone, after);
-        for _ in 0..4 {
-            let c = s.next_after(&from)?;
-            let t = civil_to_utc(&self.time_zone, &c)?;
-            if t > after {
-                return Some(t);
-            }
-            from = c;
-        }
-        None
+        s.next_after(after, self.time_zone)
     }
 
     /// Whether a run may start at `at` (no windows = always).
@@ -638,6 +605,7 @@ mod tests {
         assert_eq!(p.on_demand_patch_after, Some(t("2026-11-24T20:00:00Z")));
         for (k, v) in [
             ("schedule", "61 * * * *"),
+            ("schedule", "0 0 L * *"),
             ("timeZone", "Mars/Olympus"),
             ("onDemandPatchAfter", "yesterday"),
             ("maxConcurrency", "ten"),
@@ -655,6 +623,12 @@ mod tests {
             let e = parse_patch_policy(&data(&[(k, v)])).unwrap_err();
             assert_eq!(e.key, k, "{k}={v}: {e}");
         }
+        // A bad schedule names the key, the value and the field.
+        let e = parse_patch_policy(&data(&[("schedule", "61 * * * *")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"schedule: "61 * * * *": minute field "61": 61 is outside 0-59"#
+        );
         // An empty boolean is an error naming the key and showing the value, not a silent false.
         let e = parse_patch_policy(&data(&[("rebootIfRequired", "")])).unwrap_err();
         let m = e.to_string();
@@ -730,6 +704,20 @@ mod tests {
         assert_eq!(
             p.next_occurrence(t("2026-03-07T12:00:00Z")),
             Some(t("2026-03-08T07:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn schedule_days_as_vixie_cron_in_the_policy_zone() {
+        // `*/2` is unrestricted: odd days that are Mondays, at midnight in Berlin (UTC+1).
+        let p = parse_patch_policy(&data(&[
+            ("schedule", "0 0 */2 * 1"),
+            ("timeZone", "Europe/Berlin"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.next_occurrence(t("2026-12-01T12:00:00Z")),
+            Some(t("2026-12-06T23:00:00Z"))
         );
     }
 
