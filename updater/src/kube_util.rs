@@ -250,7 +250,8 @@ pub async fn client_for_agent(watch_timeout: Duration) -> anyhow::Result<Kube> {
 pub type Snapshot<K> = Arc<BTreeMap<String, K>>;
 
 /// Keeps `watch::Receiver` up to date with the objects matching a selector, by list + long
-/// watch. Ends when every receiver is gone. Returns a handle that aborts the watch on drop.
+/// watch, relisting when the server says the watch's resourceVersion is gone (410). Ends when
+/// every receiver is gone. Returns a handle that aborts the watch on drop.
 pub fn spawn_watch<K>(
     client: Client,
     namespace: Option<String>,
