@@ -5,7 +5,7 @@
 
 SPEC ?= images/debian-12.yaml
 
-.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder bench-firmware
+.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder bench-firmware bench-fleet
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -59,3 +59,14 @@ bench-builder: deps bootpatch
 # Build time of the hybrid GRUB loader against systemd-boot, and boot time under each firmware.
 bench-firmware: deps bootpatch
 	sh scripts/bench-firmware.sh
+
+# The updater's fleet benchmark (issue 13): SIMULATED hosts whose reboots kill the agent and
+# last 3-10 x the Lease, time scaled; each case exits non-zero if a correctness goal is missed.
+# One case: make bench-fleet FLEET_CASES="100:1:60"  (nodes:maxConcurrency:time factor).
+FLEET_CASES ?= 100:10%:60 100:1:60 1000:10%:20 1000:1:3600
+bench-fleet:
+	st=0; for c in $(FLEET_CASES); do \
+		n=$${c%%:*}; r=$${c#*:}; m=$${r%%:*}; f=$${r#*:}; \
+		cargo run --locked --release -q -p updater --example fleet -- \
+			--nodes $$n --concurrency $$m --time-factor $$f --timeout 1200 || st=1; \
+	done; exit $$st

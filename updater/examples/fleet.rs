@@ -1,99 +1,255 @@
 //! Fleet benchmark: many agents in one process against the test API server, with SIMULATED host
-//! actions (`updater::sim::SimulatedHost`: bootpatch apply and the reboot take set durations;
-//! the reboot takes the node NotReady on the server) and random agent crashes.
+//! actions (`updater::sim::SimulatedHost`, driven by its behaviour table).
 //!
 //! ```text
-//! CARGO_TARGET_DIR=target-updater cargo run --release -p updater --example fleet -- \
-//!     --nodes 100 --concurrency 1
-//! CARGO_TARGET_DIR=target-updater cargo run --release -p updater --example fleet -- \
-//!     --nodes 1000 --concurrency 10%
+//! make bench-fleet        # the four cases of issue 13, one after the other
+//! cargo run --locked --release -p updater --example fleet -- \
+//!     --nodes 100 --concurrency 1 [--time-factor 60] [--seed 1] [--idle-hour true]
 //! ```
 //!
-//! Reports: makespan against the lower bound (nodes / slots x mean per-node run time), PDB
-//! violations (a Deployment with fewer ready pods than its PDB allows, sampled every 50 ms),
-//! the most slots held and nodes cordoned at once against the cap, nodes left cordoned, and
-//! API requests per node per idle hour. The idle hour is simulated at a time scale: watches
-//! time out after `1800 s / scale` and the idle window is `3600 s / scale`, so requests in
-//! the window equal requests in a real idle hour with 30-minute watches.
+//! The scenario (a per-node table, drawn from `--seed`): `bootpatch apply` takes 30–120 s and
+//! patches (versions from the scenario), the patch needs a reboot, the reboot lasts 3–10 x the
+//! agent's Lease duration and kills the agent (the simulated host drops it and starts a fresh
+//! one from scratch when it is back, as the DaemonSet would), and takes the Node NotReady on the
+//! test server meanwhile. One PDB-protected Deployment (3 pods, maxUnavailable 1) per 10 nodes.
 //!
-//! Simulation timings (set, not measured on hosts): apply 200 ms, reboot 300 ms; drain with
-//! gracePeriod 0, the eviction retry after a 429 shortened from kubectl's 5 s to 500 ms and the
-//! delete poll from 1 s to 100 ms (so a run takes about a second, not minutes). Slots are Leases
-//! of 30 s (the agent's default is 60 s): the whole fleet and the server share two cores here,
-//! and a shorter lease lets an overloaded holder's renewal arrive late and its slot be taken over
-//! (which is then reported as failed nodes, as it should be).
+//! Time runs faster by `--time-factor F`: every duration of the scenario, and every duration of
+//! the agent's own options (the Lease, each deadline, the watch timeout, the steal interval,
+//! kubectl's drain retry and poll, the drain policy's timeout), is the real one divided by F,
+//! all by the same F. A Lease's duration is whole seconds on the API (`leaseDurationSeconds`),
+//! so above F = 60 the Lease object says 1 s while the agent renews at a third of its own
+//! (scaled) duration; the reboots are drawn against the agent's duration.
+//!
+//! Measured from observed state (the test server's store, sampled every `--sample-ms`):
+//! - nodes wrongly marked failed: the table says every node succeeds, so any node ever seen at
+//!   step `failed`, or ending with a `last-result` other than `success`, or a patched version
+//!   other than the table's;
+//! - PDB violations: a PDB whose ready, not-terminating pods are fewer than it requires
+//!   (`minAvailable`, or the Deployment's replicas minus `maxUnavailable`), counted per
+//!   transition into violation;
+//! - the cap: Leases with a holder, nodes in a run (from `slot-held` to `rebooting`; at
+//!   `uncordoned` a node has released its slot and is about to go idle) and nodes cordoned,
+//!   each at most maxConcurrency's slots at every sample;
+//! - makespan: from the on-demand request to every node back at idle with a result;
+//! - the lower bound: each node's minimal cycle is its table's apply plus reboot duration
+//!   (drain, API calls and the agent's restart are left out, so the bound is never too high).
+//!   No schedule of `cap` parallel slots finishes before max(sum of cycles / cap, longest
+//!   cycle): that is the bound (with equal cycles c it is N x c / cap, i.e. ceil(N / cap) x c
+//!   when cap divides N).
+//!
+//! The exit status is 1 if a correctness goal is missed (a node wrongly failed, a PDB
+//! violation, the cap exceeded, a wrong version, or the fleet not finished in `--timeout`);
+//! the makespan ratio is reported, not judged.
 
-use kube_testserver::resources::{LEASES, NODES, PODS};
-use kube_testserver::{fixtures, util, Filter, Options, TestServer};
-use serde_json::json;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use kube_testserver::resources::{DEPLOYMENTS, LEASES, NODES, PDBS, PODS};
+use kube_testserver::{fixtures, util, Filter, Options, Store, TestServer};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use updater::agent::{Agent, AgentOptions};
 use updater::drain::Timing;
 use updater::kube_util::client_for_kubeconfig;
-use updater::metrics::Metrics;
 use updater::node as ann;
 use updater::policy::MaxConcurrency;
-use updater::sim::SimulatedHost;
+use updater::sim::{ApplyOutcome, Behaviour, SimulatedHost};
 
 const NS: &str = "bootpatch-system";
+const MIN_POLL: Duration = Duration::from_millis(20);
+/// How long a real pod takes to start and become Ready (scaled like everything else).
+const POD_START: Duration = Duration::from_secs(6);
+/// How often the test server's controllers (scheduler, Deployment, node lifecycle) act, real.
+const CONTROLLERS: Duration = Duration::from_secs(3);
 
 struct Args {
     nodes: usize,
     concurrency: String,
-    crash_every_ms: u64,
-    scale: u64,
+    factor: f64,
+    seed: u64,
     replicas: i64,
+    idle_hour: bool,
+    timeout: Duration,
+    sample: Duration,
 }
 
 fn args() -> Args {
     let mut a = Args {
         nodes: 100,
         concurrency: "1".into(),
-        crash_every_ms: 700,
-        scale: 60,
+        factor: 60.0,
+        seed: 1,
         replicas: 3,
+        idle_hour: true,
+        timeout: Duration::from_secs(3600),
+        sample: Duration::from_millis(50),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
-    while i + 1 < v.len() {
+    while i < v.len() {
+        let val = v.get(i + 1).cloned().unwrap_or_default();
         match v[i].as_str() {
-            "--nodes" => a.nodes = v[i + 1].parse().expect("--nodes N"),
-            "--concurrency" => a.concurrency = v[i + 1].clone(),
-            "--crash-every-ms" => {
-                a.crash_every_ms = v[i + 1].parse().expect("--crash-every-ms MS (0 = none)")
-            }
-            "--time-scale" => a.scale = v[i + 1].parse().expect("--time-scale N"),
-            "--replicas" => a.replicas = v[i + 1].parse().expect("--replicas N"),
+            "--nodes" => a.nodes = val.parse().expect("--nodes N"),
+            "--concurrency" => a.concurrency = val,
+            "--time-factor" => a.factor = val.parse().expect("--time-factor F"),
+            "--seed" => a.seed = val.parse().expect("--seed N"),
+            "--replicas" => a.replicas = val.parse().expect("--replicas N"),
+            "--idle-hour" => a.idle_hour = val.parse().expect("--idle-hour true|false"),
+            "--timeout" => a.timeout = Duration::from_secs(val.parse().expect("--timeout SECONDS")),
+            "--sample-ms" => a.sample = Duration::from_millis(val.parse().expect("--sample-ms MS")),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
     }
+    assert!(a.factor >= 1.0, "--time-factor must be at least 1");
     a
 }
 
-fn annotation(n: &serde_json::Value, k: &str) -> String {
+/// xorshift64*: the scenario is the same for the same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [lo, hi].
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        lo + (hi - lo).mul_f64(u)
+    }
+}
+
+/// The agent's options with every duration divided by the time factor.
+fn scaled_options(node: &str, f: f64) -> AgentOptions {
+    let mut o = AgentOptions::new(node);
+    let s = |d: Duration| d.div_f64(f);
+    // Polling intervals (not deadlines) no shorter than this: below it they only load the
+    // server (the test server's own controllers run every 50 ms).
+    let poll = |d: Duration| s(d).max(MIN_POLL);
+    o.lease_duration = s(o.lease_duration);
+    // The watches' server-side timeout sets the idle cost only: scaled up to F = 60, no
+    // shorter than 30 s above (1,000 agents re-watching every second would be the load).
+    o.watch_timeout = s(o.watch_timeout).max(Duration::from_secs(30));
+    o.node_ready_timeout = s(o.node_ready_timeout);
+    o.reboot_deadline = s(o.reboot_deadline);
+    o.step_deadline = s(o.step_deadline);
+    o.apply_deadline = s(o.apply_deadline);
+    o.drain_deadline = s(o.drain_deadline);
+    o.steal_interval = poll(o.steal_interval);
+    o.window_check = poll(o.window_check);
+    let t = Timing::default();
+    o.timing = Timing {
+        eviction_retry: poll(t.eviction_retry),
+        delete_poll: poll(t.delete_poll),
+    };
+    o
+}
+
+/// The scenario: one behaviour per node, real durations divided by the factor.
+fn scenario(nodes: &[String], lease: Duration, f: f64, seed: u64) -> HashMap<String, Behaviour> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let minor = 5 + rng.next() % 10;
+    let (before, after) = (format!("12.{minor}"), format!("12.{}", minor + 1));
+    nodes
+        .iter()
+        .map(|n| {
+            let apply = rng.between(Duration::from_secs(30), Duration::from_secs(120));
+            // The lease is already scaled: the reboot is drawn against it.
+            let reboot = rng.between(lease * 3, lease * 10);
+            let b = Behaviour {
+                apply_duration: apply.div_f64(f),
+                outcome: ApplyOutcome::Patched,
+                reboot_required: true,
+                reboot_duration: reboot,
+                reboot_kills_agent: true,
+                version_before: before.clone(),
+                version_after: after.clone(),
+            };
+            (n.clone(), b)
+        })
+        .collect()
+}
+
+fn annotation(n: &Value, k: &str) -> String {
     n["metadata"]["annotations"][k]
         .as_str()
         .unwrap_or("")
         .to_string()
 }
 
+fn name_of(v: &Value) -> String {
+    util::str_at(v, "metadata.name").to_string()
+}
+
+/// PDB name → (pods it requires available, pods ready and not terminating now).
+fn pdb_state(s: &Store) -> Vec<(String, i64, i64)> {
+    let mut ready: HashMap<String, i64> = HashMap::new();
+    for p in s.list(&PODS, &Filter::default()) {
+        if util::path(&p, "metadata.deletionTimestamp").is_none()
+            && kube_testserver::controllers::pod_ready(&p)
+        {
+            *ready
+                .entry(util::str_at(&p, "metadata.labels.app").to_string())
+                .or_default() += 1;
+        }
+    }
+    let replicas: HashMap<String, i64> = s
+        .list(&DEPLOYMENTS, &Filter::default())
+        .iter()
+        .map(|d| (name_of(d), d["spec"]["replicas"].as_i64().unwrap_or(1)))
+        .collect();
+    s.list(&PDBS, &Filter::default())
+        .iter()
+        .map(|p| {
+            let app = p["spec"]["selector"]["matchLabels"]["app"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let want = replicas.get(&app).copied().unwrap_or(0);
+            let min = match (
+                p["spec"]["minAvailable"].as_i64(),
+                p["spec"]["maxUnavailable"].as_i64(),
+            ) {
+                (Some(m), _) => m,
+                (None, Some(u)) => want - u,
+                _ => panic!("the benchmark's PDBs use integers"),
+            };
+            (name_of(p), min, ready.get(&app).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Seen {
+    max_held: usize,
+    max_in_run: usize,
+    max_cordoned: usize,
+    pdb_violations: usize,
+    pdb_violation_samples: usize,
+    ever_failed: HashSet<String>,
+    /// Node → (first sample in a run, last sample back at idle with a result).
+    cycle: HashMap<String, (Option<Instant>, Option<Instant>)>,
+    samples: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     let a = args();
-    let slots = MaxConcurrency::parse(&a.concurrency)?.slots(a.nodes) as usize;
+    let f = a.factor;
+    let cap = MaxConcurrency::parse(&a.concurrency)?.slots(a.nodes) as usize;
+    let setup = Instant::now();
     let server = Arc::new(TestServer::start(Options {
-        pod_start_delay: Duration::from_millis(100),
-        controller_interval: Duration::from_millis(50),
+        pod_start_delay: POD_START.div_f64(f),
+        controller_interval: CONTROLLERS.div_f64(f).max(Duration::from_millis(10)),
         worker_threads: 1,
         history_size: 200_000,
         ..Options::default()
     })?);
     server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))?;
     let nodes = server.add_nodes("node", a.nodes);
-    // PDB-protected deployments: one per 10 nodes, each 3 pods, maxUnavailable 1.
     let deployments = (a.nodes / 10).max(1);
     for d in 0..deployments {
         let name = format!("app-{d}");
@@ -105,119 +261,93 @@ fn main() -> anyhow::Result<()> {
             json!(1),
         ))?;
     }
-    let ready_of = |s: &kube_testserver::Store| -> HashMap<String, usize> {
-        let mut m = HashMap::new();
-        for p in s.list(&PODS, &Filter::default()) {
-            if util::path(&p, "metadata.deletionTimestamp").is_none()
-                && kube_testserver::controllers::pod_ready(&p)
-            {
-                *m.entry(util::str_at(&p, "metadata.labels.app").to_string())
-                    .or_default() += 1;
-            }
-        }
-        m
-    };
-    let want = deployments * a.replicas as usize;
+    let want = deployments as i64 * a.replicas;
     let ok = server.wait_until(Duration::from_secs(120), |s| {
-        ready_of(s).values().sum::<usize>() == want
+        pdb_state(s).iter().map(|p| p.2).sum::<i64>() == want
     });
     assert!(ok, "workloads did not come up");
+    let drain_timeout_ns = Duration::from_secs(300).div_f64(f).as_nanos() as u64;
     server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "palette-agent-config", "namespace": NS},
         "data": {"profiling": "disable", "feature.workloads": "disable",
-                 "drain": "{\"timeout\": \"300s\", \"gracePeriod\": 0, \"ignoreDaemonSets\": true, \"deleteLocalData\": true}"}}))?;
+                 "drain": json!({"timeout": drain_timeout_ns, "gracePeriod": 0,
+                                 "ignoreDaemonSets": true, "deleteLocalData": true}).to_string()}}))?;
     server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "bootpatch-patch-policy", "namespace": NS},
         "data": {"maxConcurrency": a.concurrency}}))?;
+
+    let opts_of = |n: &str| scaled_options(n, f);
+    let probe = opts_of("probe");
+    let table = scenario(&nodes, probe.lease_duration, f, a.seed);
+    let cycles: Vec<Duration> = nodes
+        .iter()
+        .map(|n| table[n].apply_duration + table[n].reboot_duration)
+        .collect();
+    let sum: Duration = cycles.iter().sum();
+    let longest = cycles.iter().max().copied().unwrap_or_default();
+    let lower = (sum / cap as u32).max(longest);
+    let (rmin, rmax) = (
+        table.values().map(|b| b.reboot_duration).min().unwrap(),
+        table.values().map(|b| b.reboot_duration).max().unwrap(),
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let watch_timeout = Duration::from_secs(1800 / a.scale.max(1));
+    // For a look from outside while it runs (`kubectl --kubeconfig …`).
     server.write_kubeconfig("/tmp/fleet-kubeconfig")?;
     let kube = {
         let _g = rt.enter();
-        client_for_kubeconfig(&server.kubeconfig(), watch_timeout)?
+        client_for_kubeconfig(&server.kubeconfig(), probe.watch_timeout)?
     };
-    let mut hosts = HashMap::new();
+    let mut hosts: HashMap<String, Arc<SimulatedHost>> = HashMap::new();
     for n in &nodes {
         let s = server.clone();
-        let h = SimulatedHost::new(
-            n,
-            Duration::from_millis(200),
-            Duration::from_millis(300),
-            true,
-        )
-        .with_reboot_hook(Arc::new(move |node, down| {
-            s.simulate_node_reboot(node, down);
-        }));
+        let h = SimulatedHost::with_behaviour(n, table[n].clone()).with_reboot_hook(Arc::new(
+            move |node, down| {
+                s.simulate_node_reboot(node, down);
+            },
+        ));
         hosts.insert(n.clone(), Arc::new(h));
     }
-    let metrics: Arc<Mutex<HashMap<String, Arc<Metrics>>>> = Arc::default();
-    let handles: Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>> = Arc::default();
-    let start_agent = {
-        let kube = kube.clone();
-        let hosts = hosts.clone();
-        let metrics = metrics.clone();
-        let handles = handles.clone();
-        let rt = rt.handle().clone();
-        move |n: &str| {
-            let mut o = AgentOptions::new(n);
-            o.lease_duration = Duration::from_secs(30);
-            o.watch_timeout = watch_timeout;
-            o.timing = Timing {
-                eviction_retry: Duration::from_millis(500),
-                delete_poll: Duration::from_millis(100),
-            };
-            o.node_ready_timeout = Duration::from_secs(10);
-            o.steal_interval = Duration::from_secs(5);
-            let agent = Agent::new(o, kube.clone(), hosts[n].clone());
-            metrics
-                .lock()
-                .unwrap()
-                .insert(n.to_string(), agent.metrics.clone());
-            let h = rt.spawn(async move {
-                let _ = agent.run().await;
-            });
-            if let Some(old) = handles.lock().unwrap().insert(n.to_string(), h) {
-                old.abort();
-            }
-        }
-    };
     for n in &nodes {
-        start_agent(n);
+        let host = hosts[n].clone();
+        let (kube, opts) = (kube.clone(), opts_of(n));
+        rt.spawn(host.clone().supervise(move || {
+            let agent = Agent::new(opts.clone(), kube.clone(), host.clone());
+            async move {
+                if let Err(e) = agent.run().await {
+                    eprintln!("agent ended: {e:#}");
+                }
+            }
+        }));
     }
-    let ok = server.wait_until(Duration::from_secs(300), |s| {
+    let before = table[&nodes[0]].version_before.clone();
+    let ok = server.wait_until(Duration::from_secs(600), |s| {
         s.list(&NODES, &Filter::default())
             .iter()
-            .all(|n| annotation(n, ann::PATCHED_VERSION) == "12.10")
+            .all(|n| annotation(n, ann::PATCHED_VERSION) == before)
     });
     assert!(ok, "agents did not come up");
     eprintln!(
-        "{} agents up; requests so far {}",
+        "{} agents up in {:.1} s; requests so far {}",
         a.nodes,
+        setup.elapsed().as_secs_f64(),
         kube.requests.load(Ordering::Relaxed)
     );
 
-    // Monitor: slots held, nodes cordoned, PDB violations.
     let stop = Arc::new(AtomicBool::new(false));
-    let max_held = Arc::new(AtomicUsize::new(0));
-    let max_cordoned = Arc::new(AtomicUsize::new(0));
-    let violations = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let mon = {
-        let (s, stop, mh, mc, v) = (
-            server.clone(),
-            stop.clone(),
-            max_held.clone(),
-            max_cordoned.clone(),
-            violations.clone(),
-        );
-        let replicas = a.replicas as usize;
+        let (s, stop, seen, every) = (server.clone(), stop.clone(), seen.clone(), a.sample);
         std::thread::spawn(move || {
-            let mut violated: HashMap<String, bool> = HashMap::new();
+            let mut violated: HashSet<String> = HashSet::new();
             while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
                 s.with_store(|st| {
+                    let mut v = seen.lock().unwrap();
+                    v.samples += 1;
                     let held = st
                         .list(
                             &LEASES,
@@ -229,66 +359,49 @@ fn main() -> anyhow::Result<()> {
                         .iter()
                         .filter(|l| !util::str_at(l, "spec.holderIdentity").is_empty())
                         .count();
-                    mh.fetch_max(held, Ordering::Relaxed);
-                    let cordoned = st
-                        .list(&NODES, &Filter::default())
-                        .iter()
-                        .filter(|n| n["spec"]["unschedulable"] == json!(true))
-                        .count();
-                    mc.fetch_max(cordoned, Ordering::Relaxed);
-                    let ready = ready_of(st);
-                    for d in 0..deployments {
-                        let name = format!("app-{d}");
-                        let bad = ready.get(&name).copied().unwrap_or(0) + 1 < replicas;
-                        let was = violated.insert(name, bad).unwrap_or(false);
-                        if bad && !was {
-                            v.fetch_add(1, Ordering::Relaxed);
+                    v.max_held = v.max_held.max(held);
+                    let (mut in_run, mut cordoned) = (0, 0);
+                    for n in st.list(&NODES, &Filter::default()) {
+                        let step = annotation(&n, ann::STEP);
+                        let name = name_of(&n);
+                        if n["spec"]["unschedulable"] == json!(true) {
+                            cordoned += 1;
+                        }
+                        if step == "failed" {
+                            v.ever_failed.insert(name.clone());
+                        }
+                        let c = v.cycle.entry(name).or_default();
+                        if !matches!(step.as_str(), "" | "idle" | "failed") {
+                            // `uncordoned` is the run's tail: uncordoned, and the slot released
+                            // just before the step goes back to idle.
+                            if step != "uncordoned" {
+                                in_run += 1;
+                            }
+                            c.0.get_or_insert(now);
+                        } else if c.0.is_some() && !annotation(&n, ann::LAST_RESULT).is_empty() {
+                            c.1.get_or_insert(now);
+                        }
+                    }
+                    v.max_in_run = v.max_in_run.max(in_run);
+                    v.max_cordoned = v.max_cordoned.max(cordoned);
+                    for (pdb, min, ready) in pdb_state(st) {
+                        if ready < min {
+                            v.pdb_violation_samples += 1;
+                            if violated.insert(pdb) {
+                                v.pdb_violations += 1;
+                            }
+                        } else {
+                            violated.remove(&pdb);
                         }
                     }
                 });
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-
-    // Crash injector: every `--crash-every-ms`, kills a random agent that is mid-run and restarts
-    // it 300 ms later (within the lease duration, so it resumes its own slot).
-    let crashes = Arc::new(AtomicUsize::new(0));
-    let crasher = {
-        let (stop, crashes, s) = (stop.clone(), crashes.clone(), server.clone());
-        let handles = handles.clone();
-        let start_agent = start_agent.clone();
-        let every = a.crash_every_ms;
-        std::thread::spawn(move || {
-            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-            while every > 0 && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(every));
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let running: Vec<String> = s
-                    .list(&NODES, None)
-                    .iter()
-                    .filter(|n| {
-                        !matches!(annotation(n, ann::STEP).as_str(), "" | "idle" | "failed")
-                    })
-                    .map(|n| util::str_at(n, "metadata.name").to_string())
-                    .collect();
-                if running.is_empty() {
-                    continue;
-                }
-                let n = &running[(x % running.len() as u64) as usize];
-                if let Some(h) = handles.lock().unwrap().remove(n) {
-                    h.abort();
-                }
-                crashes.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(300));
-                start_agent(n);
+                std::thread::sleep(every.saturating_sub(now.elapsed()));
             }
         })
     };
 
     // Everyone, on demand, now.
+    let requests_before = kube.requests.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for n in &nodes {
@@ -304,17 +417,17 @@ fn main() -> anyhow::Result<()> {
             )
         })?;
     }
-    let done = |s: &kube_testserver::Store| {
+    let done = |s: &Store| {
         s.list(&NODES, &Filter::default()).iter().all(|n| {
             annotation(n, ann::STEP) == "idle" && !annotation(n, ann::LAST_RESULT).is_empty()
                 || annotation(n, ann::STEP) == "failed"
         })
     };
     let mut last_report = Instant::now();
-    let finished = server.wait_until(Duration::from_secs(3600), |s| {
-        if last_report.elapsed() > Duration::from_secs(10) {
+    let finished = server.wait_until(a.timeout, |s| {
+        if last_report.elapsed() > Duration::from_secs(15) {
             last_report = Instant::now();
-            let mut steps: std::collections::BTreeMap<String, usize> = Default::default();
+            let mut steps: BTreeMap<String, usize> = Default::default();
             for n in s.list(&NODES, &Filter::default()) {
                 *steps
                     .entry(format!(
@@ -329,88 +442,179 @@ fn main() -> anyhow::Result<()> {
         done(s)
     });
     let makespan = t0.elapsed();
+    let run_requests = kube.requests.load(Ordering::Relaxed) - requests_before;
     stop.store(true, Ordering::Relaxed);
     let _ = mon.join();
-    let _ = crasher.join();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
 
     let all = server.list(&NODES, None);
-    let results: HashMap<String, usize> = all.iter().fold(HashMap::new(), |mut m, n| {
-        *m.entry(annotation(n, ann::LAST_RESULT)).or_default() += 1;
-        m
-    });
+    let mut results: BTreeMap<String, usize> = BTreeMap::new();
+    let mut wrongly_failed: HashSet<String> = seen.ever_failed.clone();
+    let mut wrong_version = 0;
+    let mut not_patched = 0;
+    for n in &all {
+        let name = name_of(n);
+        let result = annotation(n, ann::LAST_RESULT);
+        *results.entry(result.clone()).or_default() += 1;
+        if result == "failed" || annotation(n, ann::STEP) == "failed" {
+            wrongly_failed.insert(name.clone());
+        } else if result != "success" {
+            not_patched += 1;
+        }
+        if annotation(n, ann::PATCHED_VERSION) != table[&name].version_after {
+            wrong_version += 1;
+        }
+    }
+    // Why nodes failed, the most common messages first (the node's own last-message).
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    for n in &all {
+        if wrongly_failed.contains(&name_of(n)) {
+            let m = annotation(n, ann::LAST_MESSAGE);
+            // Node and slot names vary: keep the message's shape.
+            let shape: String = m
+                .split_whitespace()
+                .map(|w| {
+                    if w.chars().any(|c| c.is_ascii_digit()) {
+                        "#"
+                    } else {
+                        w
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            *why.entry(shape).or_default() += 1;
+        }
+    }
+    let mut why: Vec<(String, usize)> = why.into_iter().collect();
+    why.sort_by_key(|w| std::cmp::Reverse(w.1));
+    for (m, k) in why.iter().take(5) {
+        eprintln!("failed x{k}: {m}");
+    }
     let left_cordoned = all
         .iter()
         .filter(|n| n["spec"]["unschedulable"] == json!(true))
         .count();
-    let durations: Vec<f64> = metrics
-        .lock()
-        .unwrap()
+    let restarts: u64 = hosts
         .values()
-        .map(|m| m.patch_duration_ms.load(Ordering::Relaxed) as f64 / 1000.0)
-        .filter(|d| *d > 0.0)
+        .map(|h| h.agent_starts.load(Ordering::SeqCst).saturating_sub(1))
+        .sum();
+    let reboots: u64 = hosts
+        .values()
+        .map(|h| h.reboots.load(Ordering::SeqCst))
+        .sum();
+    let observed: Vec<f64> = nodes
+        .iter()
+        .filter_map(|n| match seen.cycle.get(n) {
+            Some((Some(s), Some(e))) => Some((*e - *s).as_secs_f64()),
+            _ => None,
+        })
         .collect();
-    let mean = durations.iter().sum::<f64>() / durations.len().max(1) as f64;
-    let lower = (a.nodes as f64 / slots as f64).ceil() * mean;
+    let mean_observed = observed.iter().sum::<f64>() / observed.len().max(1) as f64;
+    let mean_minimal = sum.as_secs_f64() / nodes.len() as f64;
 
-    // Idle: every node patched; count requests over a (scaled) idle hour.
-    std::thread::sleep(Duration::from_secs(2));
-    let before = kube.requests.load(Ordering::Relaxed);
-    let idle = Duration::from_secs(3600 / a.scale.max(1));
-    std::thread::sleep(idle);
-    let idle_requests = kube.requests.load(Ordering::Relaxed) - before;
+    let idle = if a.idle_hour {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = kube.requests.load(Ordering::Relaxed);
+        let hour = Duration::from_secs(3600).div_f64(f);
+        std::thread::sleep(hour);
+        Some((kube.requests.load(Ordering::Relaxed) - before) as f64 / a.nodes as f64)
+    } else {
+        None
+    };
 
-    println!("fleet benchmark (SIMULATED bootpatch apply 200 ms and reboot 300 ms; drain retry 500 ms, poll 100 ms)");
-    println!("  nodes                         {}", a.nodes);
+    let ratio = makespan.as_secs_f64() / lower.as_secs_f64().max(1e-9);
+    let cap_ok = seen.max_held <= cap && seen.max_in_run <= cap && seen.max_cordoned <= cap;
+    let correct = finished
+        && wrongly_failed.is_empty()
+        && seen.pdb_violations == 0
+        && cap_ok
+        && wrong_version == 0
+        && not_patched == 0
+        && left_cordoned == 0;
+
     println!(
-        "  maxConcurrency                {} ({} slots)",
-        a.concurrency, slots
+        "fleet benchmark: SIMULATED hosts, time factor {f} (1 real s = {:.1} ms here)",
+        1000.0 / f
     );
     println!(
-        "  PDB-protected deployments     {} x {} pods (maxUnavailable 1)",
-        deployments, a.replicas
+        "  nodes {}, maxConcurrency {} ({cap} slots), {deployments} PDB-protected deployments x {} pods (maxUnavailable 1), seed {}",
+        a.nodes, a.concurrency, a.replicas, a.seed
+    );
+    println!(
+        "  agent Lease {:?} (the API object says {} s), reboot deadline {:?}; reboots {:?}..{:?} (3-10 x Lease), killing the agent",
+        probe.lease_duration,
+        probe.lease_duration.as_secs().max(1),
+        probe.reboot_deadline,
+        rmin,
+        rmax
     );
     println!("  finished                      {finished}");
     println!("  results                       {results:?}");
+    println!("  reboots / agent restarts      {reboots} / {restarts}");
     println!(
-        "  agent crashes injected        {}",
-        crashes.load(Ordering::Relaxed)
+        "  nodes wrongly failed          {} (ever seen failed: {})",
+        wrongly_failed.len(),
+        seen.ever_failed.len()
     );
+    println!("  wrong patched-version         {wrong_version}");
+    println!(
+        "  other results than success    {not_patched} (not failed: e.g. a drain that timed out)"
+    );
+    println!(
+        "  PDB violations                {} ({} samples of {})",
+        seen.pdb_violations, seen.pdb_violation_samples, seen.samples
+    );
+    println!(
+        "  most slots held / in a run / cordoned at once   {} / {} / {} (cap {cap})",
+        seen.max_held, seen.max_in_run, seen.max_cordoned
+    );
+    println!("  nodes left cordoned           {left_cordoned}");
     println!(
         "  makespan                      {:.1} s",
         makespan.as_secs_f64()
     );
     println!(
-        "  mean per-node run time        {:.2} s (slot taken to released)",
-        mean
+        "  lower bound                   {:.1} s = max(sum of minimal cycles {:.1} s / {cap}, longest {:.1} s)",
+        lower.as_secs_f64(),
+        sum.as_secs_f64(),
+        longest.as_secs_f64()
+    );
+    println!("  makespan / lower bound        {ratio:.3}");
+    let rate = run_requests as f64 / makespan.as_secs_f64().max(1e-9);
+    println!(
+        "  API requests during the run   {rate:.0}/s ({:.0} per node per real hour: time runs {f} x faster)",
+        rate * 3600.0 / f / a.nodes as f64
     );
     println!(
-        "  lower bound                   {:.1} s (ceil(nodes/slots) x per-node)",
-        lower
+        "  per-node cycle: minimal {mean_minimal:.2} s (apply + reboot), observed {mean_observed:.2} s (first sample in a run to back at idle; {} nodes)",
+        observed.len()
     );
+    if let Some(r) = idle {
+        println!(
+            "  API requests/node/idle hour   {r:.2} (an hour at factor {f}; watches time out after {:?})",
+            probe.watch_timeout
+        );
+    }
+    println!();
+    println!("| nodes | maxConcurrency | time factor | makespan | lower bound | ratio | wrongly failed | PDB violations | max slots / in run / cordoned (cap) | left cordoned | restarts | idle req/node/h |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "  makespan / lower bound        {:.2}",
-        makespan.as_secs_f64() / lower.max(1e-9)
-    );
-    println!(
-        "  PDB violations                {}",
-        violations.load(Ordering::Relaxed)
-    );
-    println!(
-        "  most slots held at once       {} (cap {slots})",
-        max_held.load(Ordering::Relaxed)
-    );
-    println!(
-        "  most nodes cordoned at once   {} (cap {slots})",
-        max_cordoned.load(Ordering::Relaxed)
-    );
-    println!("  nodes left cordoned           {left_cordoned}");
-    println!(
-        "  API requests/node/idle hour   {:.2} (time scale {}: {} s window, watches time out after {} s)",
-        idle_requests as f64 / a.nodes as f64,
-        a.scale,
-        idle.as_secs(),
-        watch_timeout.as_secs()
+        "| {} | {} | {f} | {:.1} s | {:.1} s | {ratio:.2} | {} | {} | {} / {} / {} ({cap}) | {left_cordoned} | {restarts} | {} |",
+        a.nodes,
+        a.concurrency,
+        makespan.as_secs_f64(),
+        lower.as_secs_f64(),
+        wrongly_failed.len(),
+        seen.pdb_violations,
+        seen.max_held,
+        seen.max_in_run,
+        seen.max_cordoned,
+        idle.map_or_else(|| "-".to_string(), |r| format!("{r:.2}"))
     );
     drop(rt);
+    if !correct {
+        eprintln!("FAIL: a correctness goal was missed (see above)");
+        std::process::exit(1);
+    }
     Ok(())
 }

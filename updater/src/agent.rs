@@ -689,10 +689,20 @@ impl Agent {
         let mut next_steal = tokio::time::Instant::now();
         // The lease version last tried, so a lost race is not retried on the same stale view.
         let mut tried: Option<Option<String>> = None;
+        // Slots whose holder keeps them for now: not looked at again until then or a change.
+        let mut not_yet = slots::NotYet::default();
         loop {
             // Everything free, expired, or ours, now and then.
             if tokio::time::Instant::now() >= next_steal {
-                next_steal = tokio::time::Instant::now() + self.opts.steal_interval;
+                // One slot is the preferred one, which the watch already follows: after this
+                // first look there is nothing else to look at (and a fleet of waiters would
+                // list it for nothing).
+                let every = if n > 1 {
+                    self.opts.steal_interval
+                } else {
+                    Duration::from_secs(365 * 86_400)
+                };
+                next_steal = tokio::time::Instant::now() + every;
                 let leases = self.slots.list().await?;
                 let mut candidates: Vec<(u32, Option<Lease>)> = (0..n).map(|i| (i, None)).collect();
                 for l in leases {
@@ -713,9 +723,12 @@ impl Agent {
                                 || slots::expired(l, Utc::now())
                         }
                     };
-                    if free {
-                        if let Ok(Some(a)) = self.claim(&slots::slot_name(i), l).await? {
-                            return Ok(Some(a));
+                    let name = slots::slot_name(i);
+                    if free && not_yet.until(&name, l.as_ref(), Utc::now()).is_none() {
+                        match self.claim(&name, l.clone()).await? {
+                            Ok(Some(a)) => return Ok(Some(a)),
+                            Err(Some(t)) => not_yet.note(&name, l.as_ref(), t),
+                            Ok(None) | Err(None) => {}
                         }
                     }
                 }
@@ -732,8 +745,11 @@ impl Agent {
                     .as_ref()
                     .and_then(|l| l.metadata.resource_version.clone());
                 let mut not_before = lease.as_ref().and_then(slots::expires_at);
-                if free && tried != Some(rv.clone()) {
-                    match self.claim(&preferred, lease).await? {
+                let later = not_yet.until(&preferred, lease.as_ref(), Utc::now());
+                if later.is_some() {
+                    not_before = later;
+                } else if free && tried != Some(rv.clone()) {
+                    match self.claim(&preferred, lease.clone()).await? {
                         Ok(Some(a)) => return Ok(Some(a)),
                         Ok(None) => {
                             // Lost the race: wait for the watch to show the winner (or a timer).
@@ -741,7 +757,12 @@ impl Agent {
                             continue;
                         }
                         // Its holder keeps it for now (rebooting, slow, or the API was away).
-                        Err(t) => not_before = t,
+                        Err(t) => {
+                            if let Some(t) = t {
+                                not_yet.note(&preferred, lease.as_ref(), t);
+                            }
+                            not_before = t;
+                        }
                     }
                 }
                 if let Some(exp) = not_before {
@@ -883,15 +904,15 @@ impl Agent {
         }
     }
 
-    /// Renews a held slot every third of its duration from now on; the flag turns true if the
-    /// slot turns out to be someone else's. Started as soon as a slot is got, before anything
-    /// else is written, so a slow API cannot let a fresh slot expire.
+    /// Renews a held slot every third of its duration as written on the Lease from now on; the
+    /// flag turns true if the slot turns out to be someone else's. Started as soon as a slot is
+    /// got, before anything else is written, so a slow API cannot let a fresh slot expire.
     fn renewer(&self, slot: &str) -> (Arc<AtomicBool>, AbortOnDrop) {
         let lost = Arc::new(AtomicBool::new(false));
         let slots = self.slots.clone();
         let flag = lost.clone();
         let slot = slot.to_string();
-        let every = self.opts.lease_duration / 3;
+        let every = slots::renew_every(self.opts.lease_duration);
         let task = AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;

@@ -83,6 +83,20 @@ pub fn expires_at(l: &Lease) -> Option<chrono::DateTime<Utc>> {
     Some(t.0 + chrono::Duration::seconds(dur))
 }
 
+/// The duration written on a Lease for a configured one: whole seconds, at least one (the
+/// API's unit, `leaseDurationSeconds`).
+pub fn written_seconds(configured: Duration) -> i32 {
+    configured.as_secs().clamp(1, i32::MAX as u64) as i32
+}
+
+/// How often a holder renews: a third of the duration written on the Lease, which is what the
+/// other nodes judge its expiry by. (A configured duration under a second is written as one
+/// second; renewing at a third of the shorter one would only load the API server, and wake
+/// every node watching the Lease, more often.)
+pub fn renew_every(configured: Duration) -> Duration {
+    Duration::from_secs(written_seconds(configured) as u64) / 3
+}
+
 impl Slots {
     pub fn new(client: Client, namespace: &str, me: &str, duration: Duration) -> Self {
         Self {
@@ -104,7 +118,7 @@ impl Slots {
         let now = MicroTime(Utc::now());
         LeaseSpec {
             holder_identity: Some(self.me.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            lease_duration_seconds: Some(written_seconds(self.duration)),
             acquire_time: Some(now.clone()),
             renew_time: Some(now),
             lease_transitions: Some(transitions),
@@ -239,6 +253,35 @@ impl Slots {
     }
 }
 
+/// What a waiting node last concluded about slots it may not take yet: slot → (the Lease's
+/// resourceVersion then, not before when). A held Lease that was not renewed keeps its version
+/// while its holder is away (rebooting, for minutes), so the holder's Node need not be read
+/// again, by every waiting node at every look, until that time comes or the Lease changes
+/// (renewed, released, resumed by its holder).
+#[derive(Debug, Default)]
+pub struct NotYet(std::collections::HashMap<String, (Option<String>, chrono::DateTime<Utc>)>);
+
+impl NotYet {
+    /// Records that `slot` (at `lease`'s version) may not be taken before `t`.
+    pub fn note(&mut self, slot: &str, lease: Option<&Lease>, t: chrono::DateTime<Utc>) {
+        let rv = lease.and_then(|l| l.metadata.resource_version.clone());
+        self.0.insert(slot.to_string(), (rv, t));
+    }
+
+    /// When `slot` may be looked at again, if its Lease is as it was when noted and that
+    /// time has not come.
+    pub fn until(
+        &self,
+        slot: &str,
+        lease: Option<&Lease>,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let (rv, t) = self.0.get(slot)?;
+        let same = lease.and_then(|l| l.metadata.resource_version.as_ref()) == rv.as_ref();
+        (same && rv.is_some() && now < *t).then_some(*t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +308,51 @@ mod tests {
         assert_eq!(holder(&lease(Some("n1"), 0, 10)), Some("n1"));
         assert_eq!(slot_index(&slot_name(7)), Some(7));
         assert_eq!(slot_index("other"), None);
+    }
+
+    #[test]
+    fn not_yet_holds_until_its_time_or_a_new_version() {
+        let mut l = lease(Some("a"), 30, 10);
+        l.metadata.resource_version = Some("7".into());
+        let now = Utc::now();
+        let t = now + chrono::Duration::seconds(20);
+        let mut n = NotYet::default();
+        assert_eq!(n.until("s", Some(&l), now), None);
+        n.note("s", Some(&l), t);
+        assert_eq!(n.until("s", Some(&l), now), Some(t));
+        assert_eq!(n.until("other", Some(&l), now), None);
+        // Its time has come.
+        assert_eq!(n.until("s", Some(&l), t), None);
+        // The Lease changed (renewed, released, resumed by its holder).
+        let mut renewed = l.clone();
+        renewed.metadata.resource_version = Some("8".into());
+        assert_eq!(n.until("s", Some(&renewed), now), None);
+        // Gone, or without a version to compare: look again.
+        assert_eq!(n.until("s", None, now), None);
+        let mut bare = l.clone();
+        bare.metadata.resource_version = None;
+        n.note("s", Some(&bare), t);
+        assert_eq!(n.until("s", Some(&bare), now), None);
+    }
+
+    #[test]
+    fn renewal_follows_the_duration_written_on_the_lease() {
+        assert_eq!(written_seconds(Duration::from_secs(60)), 60);
+        assert_eq!(
+            renew_every(Duration::from_secs(60)),
+            Duration::from_secs(20)
+        );
+        // Whole seconds on the Lease: 1.5 s is written as 1 s, and renewed at a third of that.
+        assert_eq!(written_seconds(Duration::from_millis(1500)), 1);
+        assert_eq!(
+            renew_every(Duration::from_millis(1500)),
+            Duration::from_secs(1) / 3
+        );
+        // Under a second: written as 1 s, so renewed as for 1 s, not 30 times a second.
+        assert_eq!(written_seconds(Duration::from_millis(100)), 1);
+        assert_eq!(
+            renew_every(Duration::from_millis(100)),
+            Duration::from_secs(1) / 3
+        );
     }
 }
