@@ -306,10 +306,21 @@ pub const FORWARD_ADDR: &str = "10.0.2.100";
 /// No network, or with `--forward`: QEMU's user-mode network with
 /// `restrict=on` (the guest reaches nothing else, and nothing leaves the
 /// machine) and one `guestfwd` per forward, from FORWARD_ADDR:GUEST_PORT to
-/// the host's loopback HOST_PORT.
+/// the host's loopback HOST_PORT. Each rule runs `builder relay HOST_PORT`
+/// for every guest connection (QEMU's `cmd:` form): the other form, a
+/// character device, is one host connection opened when QEMU starts that
+/// every guest connection shares in turn, so a guest with two connections
+/// open at once (an HTTP client with a watch and a request, say) would have
+/// their bytes interleaved, and a host server that restarts is never
+/// reached again.
 pub fn network_args(forwards: &[String]) -> Result<Vec<String>> {
     if forwards.is_empty() {
         return Ok(vec!["-nic".into(), "none".into()]);
+    }
+    let exe = std::env::current_exe().context("finding the builder binary for --forward")?;
+    let exe = exe.to_string_lossy();
+    if exe.contains(char::is_whitespace) {
+        bail!("--forward: the builder binary's path {exe:?} has white space, which QEMU's guestfwd command cannot hold");
     }
     let mut netdev = String::from("user,id=net0,restrict=on");
     for f in forwards {
@@ -319,8 +330,10 @@ pub fn network_args(forwards: &[String]) -> Result<Vec<String>> {
         let Some((guest, host)) = parsed.filter(|(g, h)| *g > 0 && *h > 0) else {
             bail!("--forward {f:?}: expected GUEST_PORT:HOST_PORT, e.g. 8080:38080");
         };
+        // QEMU's option syntax doubles a comma inside a value.
         netdev.push_str(&format!(
-            ",guestfwd=tcp:{FORWARD_ADDR}:{guest}-tcp:127.0.0.1:{host}"
+            ",guestfwd=tcp:{FORWARD_ADDR}:{guest}-cmd:{} relay {host}",
+            exe.replace(',', ",,")
         ));
     }
     Ok(vec![
@@ -329,6 +342,38 @@ pub fn network_args(forwards: &[String]) -> Result<Vec<String>> {
         "-device".into(),
         "virtio-net-pci,netdev=net0".into(),
     ])
+}
+
+/// `builder relay PORT`: joins stdin and stdout (one guest connection, as
+/// QEMU hands it to a guestfwd command) to the host's 127.0.0.1:PORT, until
+/// the host's side ends. A refused connection ends at once, so the guest sees
+/// its connection closed, as it would a server that is down.
+pub fn relay(port: u16) -> Result<i32> {
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("relay: connecting to 127.0.0.1:{port}"))?;
+    let mut up = sock.try_clone().context("relay: cloning the socket")?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    // Flushed after every read: stdout is line-buffered, and TLS records have
+    // no line ends (a server's handshake would sit in the buffer).
+    let mut down = sock;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // The host is done: returning exits, which closes the guest's side
+    // (waiting for the guest to close first could wait for ever).
+    Ok(0)
 }
 
 const STATE_FILE: &str = "state";
@@ -372,9 +417,11 @@ mod tests {
     fn forwards_are_restricted_guestfwd_rules() {
         assert_eq!(network_args(&[]).unwrap(), ["-nic", "none"]);
         let a = network_args(&["8080:38080".into(), "6443:40000".into()]).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_string_lossy();
         assert_eq!(
             a[1],
-            "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:8080-tcp:127.0.0.1:38080,guestfwd=tcp:10.0.2.100:6443-tcp:127.0.0.1:40000"
+            format!("user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:8080-cmd:{exe} relay 38080,guestfwd=tcp:10.0.2.100:6443-cmd:{exe} relay 40000")
         );
         for bad in ["8080", "x:1", "0:1", "1:70000"] {
             let e = network_args(&[bad.into()]).unwrap_err().to_string();

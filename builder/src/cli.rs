@@ -29,6 +29,15 @@ pub enum Command {
     Seed(SeedArgs),
     /// Pack the static updater agent into an OCI image archive (no daemon, no network)
     AgentImage(AgentImageArgs),
+    /// Internal: what QEMU runs for each guest connection of a `boot --forward` rule
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// The host's loopback port to connect to
+    pub port: u16,
 }
 
 #[derive(Args, Debug)]

@@ -10,6 +10,7 @@ fn main() {
         Command::Render(a) => builder::render::run(a),
         Command::Seed(a) => builder::seed::run(a),
         Command::AgentImage(a) => builder::oci::run(a),
+        Command::Relay(a) => builder::boot::relay(a.port),
     };
     match result {
         Ok(code) => std::process::exit(code),
