@@ -181,3 +181,53 @@ fn remove_other_entries(base: &Path, name: &str) {
         }
     }
 }
+
+/// A variant of the shipped debian-12 image: its spec renamed to `name`,
+/// with `packages` added and `extra` YAML appended, built raw only from the
+/// shared image's package cache, once per set of inputs (the shared image's
+/// key and the variant's own text), in `.cache/tests/images/NAME-KEY/`.
+/// Returns the raw disk. Tests boot overlays of it, never the disk itself.
+pub fn variant(name: &str, packages: &[&str], extra: &str) -> PathBuf {
+    let shared = built("debian-12");
+    let base = cache_dir().join("images");
+    let spec_text = std::fs::read_to_string(workspace().join("images/debian-12.yaml")).unwrap();
+    let added: String = packages.iter().map(|p| format!("  - {p}\n")).collect();
+    assert!(spec_text.contains("name: debian-12\n") && spec_text.contains("\npackages:\n"));
+    let text = spec_text
+        .replace("name: debian-12\n", &format!("name: {name}\n"))
+        .replace("\npackages:\n", &format!("\npackages:\n{added}"))
+        + extra;
+    let day = bootpatch::time::now_unix().div_euclid(86_400);
+    let key = inputs_key(&image_inputs("debian-12"), &format!("day {day}\n{text}"));
+    let _lock = FileLock::take(&base.join(format!("{name}.lock")));
+    let dir = base.join(format!("{name}-{key}"));
+    let done = base.join(format!("{name}-{key}.events.jsonl"));
+    if dir.is_dir() && done.is_file() {
+        return dir.join("disk.raw");
+    }
+    remove_other_entries(&base, name);
+    let work = base.join(format!("{name}.spec"));
+    std::fs::create_dir_all(&work).unwrap();
+    let spec = work.join(format!("{name}.yaml"));
+    std::fs::write(&spec, &text).unwrap();
+    let mut c = Command::new(builder_bin());
+    c.args(["build", "--json", "--formats", "raw", "--cache"])
+        .arg(&shared.cache)
+        .arg("--out")
+        .arg(&dir)
+        .arg("--bootpatch")
+        .arg(crate::bootpatch_bin())
+        .arg(&spec)
+        .current_dir(std::env::temp_dir());
+    let t = std::time::Instant::now();
+    let events = sh(c);
+    eprintln!(
+        "images: built {name} in {:.1}s into {}",
+        t.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    let tmp = done.with_extension("tmp");
+    std::fs::write(&tmp, events).unwrap();
+    std::fs::rename(&tmp, &done).unwrap();
+    dir.join("disk.raw")
+}

@@ -103,47 +103,123 @@ pub fn render_with(values: &Path, out: &Path, extra: &[&str]) {
     sh(builder(&args));
 }
 
-/// A test-only HTTP server on the host's loopback, serving one file at
-/// every path (GET and HEAD), until dropped. A guest reaches it through
-/// `builder boot --forward GUEST_PORT:PORT`. QEMU's `guestfwd` target is a
-/// character device: one connection, opened when QEMU starts, that carries
-/// every guest connection in turn. So each connection is served as a
-/// keep-alive stream of requests, without a read timeout, and never closed
-/// from this side.
-pub struct FileServer {
+/// A test-only HTTP server on the host's loopback (GET and HEAD), until
+/// dropped: one file at every path ([`HttpServer::file`]) or the files below
+/// a folder, read at each request so a test may add packages between phases
+/// ([`HttpServer::dir`]). A guest reaches it through `builder boot --forward
+/// GUEST_PORT:PORT` (a relay per guest connection). [`HttpServer::down`]
+/// closes the port, so connections are refused as by a server that is down;
+/// [`HttpServer::up`] opens it again.
+pub struct HttpServer {
     pub port: u16,
     pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    what: std::sync::Arc<Served>,
+    running: std::sync::Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
 }
 
-impl FileServer {
-    pub fn start(file: &Path) -> FileServer {
+enum Served {
+    File(Vec<u8>),
+    Dir(PathBuf),
+}
+
+impl Served {
+    fn lookup(&self, path: &str) -> Option<Vec<u8>> {
+        match self {
+            Served::File(body) => Some(body.clone()),
+            Served::Dir(root) => {
+                let rel = percent_decoded(path.split('?').next().unwrap_or(""))?;
+                let rel = rel.trim_start_matches('/');
+                if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+                    return None;
+                }
+                std::fs::read(root.join(rel)).ok()
+            }
+        }
+    }
+}
+
+/// A URL path with its `%XX` escapes decoded (apt escapes the `+` of a
+/// version); None when an escape is malformed or the result is not UTF-8.
+fn percent_decoded(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl HttpServer {
+    pub fn file(file: &Path) -> HttpServer {
+        HttpServer::start(Served::File(std::fs::read(file).unwrap()), 0)
+    }
+
+    pub fn dir(root: &Path) -> HttpServer {
+        HttpServer::start(Served::Dir(root.to_path_buf()), 0)
+    }
+
+    fn start(what: Served, port: u16) -> HttpServer {
+        let mut s = HttpServer {
+            port,
+            requests: Default::default(),
+            what: std::sync::Arc::new(what),
+            running: std::sync::Mutex::new(None),
+        };
+        s.port = s.listen(port);
+        s
+    }
+
+    fn listen(&self, port: u16) -> u16 {
         use std::sync::atomic::Ordering;
-        let body = std::sync::Arc::new(std::fs::read(file).unwrap());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("listening on 127.0.0.1:{port}: {e}"));
         let port = listener.local_addr().unwrap().port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, r) = (stop.clone(), requests.clone());
+        let (s, r, what) = (stop.clone(), self.requests.clone(), self.what.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(c) = conn else { continue };
-                let (body, r) = (body.clone(), r.clone());
-                std::thread::spawn(move || serve_stream(c, &body, &r));
+                let (what, r, s) = (what.clone(), r.clone(), s.clone());
+                std::thread::spawn(move || serve_stream(c, &what, &r, &s));
             }
         });
-        FileServer {
-            port,
-            requests,
-            stop,
+        *self.running.lock().unwrap() = Some(stop);
+        port
+    }
+
+    /// Closes the port (and every open connection, at its next request).
+    pub fn down(&self) {
+        if let Some(stop) = self.running.lock().unwrap().take() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        }
+    }
+
+    /// Opens the same port again after [`HttpServer::down`].
+    pub fn up(&self) {
+        if self.running.lock().unwrap().is_none() {
+            self.listen(self.port);
         }
     }
 }
 
-fn serve_stream(mut c: std::net::TcpStream, body: &[u8], count: &std::sync::atomic::AtomicUsize) {
+fn serve_stream(
+    mut c: std::net::TcpStream,
+    what: &Served,
+    count: &std::sync::atomic::AtomicUsize,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     use std::io::{Read, Write};
     let mut pending = Vec::new();
     let mut buf = [0u8; 4096];
@@ -154,24 +230,34 @@ fn serve_stream(mut c: std::net::TcpStream, body: &[u8], count: &std::sync::atom
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
             }
         }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let head_only = pending.starts_with(b"HEAD ");
+        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
         pending.drain(..end);
+        let mut words = head.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (status, body) = match what.lookup(path) {
+            Some(b) => ("200 OK", b),
+            None => ("404 Not Found", Vec::new()),
+        };
         let header = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        if c.write_all(header.as_bytes()).is_err() || (!head_only && c.write_all(body).is_err()) {
+        if c.write_all(header.as_bytes()).is_err()
+            || (method != "HEAD" && c.write_all(&body).is_err())
+        {
             return;
         }
     }
 }
 
-impl Drop for FileServer {
+impl Drop for HttpServer {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        self.down();
     }
 }
 
@@ -281,16 +367,29 @@ pub fn seed_rendered_with(
     tag: &str,
     render_args: &[&str],
 ) -> PathBuf {
+    let mut parts = vec![INSTRUMENTATION];
+    parts.extend_from_slice(extra);
+    seed_parts(values, &parts, work, tag, render_args)
+}
+
+/// A seed of `values` rendered by `builder render` and `parts` after it,
+/// with none of the first-boot tests' instrumentation (no report, no
+/// power-off): for a guest that keeps running.
+pub fn seed_parts(
+    values: &str,
+    parts: &[&str],
+    work: &Path,
+    tag: &str,
+    render_args: &[&str],
+) -> PathBuf {
     let vals = work.join(format!("{tag}.values.yaml"));
     std::fs::write(&vals, values).unwrap();
     let rendered = work.join(format!("{tag}.rendered.yaml"));
     render_with(&vals, &rendered, render_args);
-    let mut parts = vec![INSTRUMENTATION];
-    parts.extend_from_slice(extra);
     let ud = work.join(format!("{tag}.user-data"));
     std::fs::write(
         &ud,
-        multipart(&std::fs::read_to_string(&rendered).unwrap(), &parts),
+        multipart(&std::fs::read_to_string(&rendered).unwrap(), parts),
     )
     .unwrap();
     let iso = work.join(format!("{tag}.seed.iso"));

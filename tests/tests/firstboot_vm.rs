@@ -411,41 +411,9 @@ fn second_boot_of_a_patched_node_does_nothing() {
 }
 
 /// The debian-12 spec with nothing of bootpatch baked in: a stand-in for a
-/// cloud's stock image. Built once per process (raw only, from the shared
-/// image's package cache).
-fn stock_image() -> &'static std::path::Path {
-    static RAW: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    RAW.get_or_init(|| {
-        let image = vm::debian12_image();
-        // One per process; an earlier process's copy (GiBs) goes first.
-        let dir = bootpatch_e2e::cache_dir().join(format!("stock-image-{}", std::process::id()));
-        if let Ok(entries) = std::fs::read_dir(bootpatch_e2e::cache_dir()) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("stock-image-") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        std::fs::create_dir_all(&dir).unwrap();
-        let spec = dir.join("debian-12-stock.yaml");
-        let text =
-            std::fs::read_to_string(bootpatch_e2e::workspace().join("images/debian-12.yaml"))
-                .unwrap()
-                .replace("name: debian-12\n", "name: debian-12-stock\n")
-                + "bakeBootpatch: false\n";
-        std::fs::write(&spec, text).unwrap();
-        let out = dir.join("out");
-        let o = std::process::Command::new(bootpatch_e2e::images::builder_bin())
-            .args(["build", "--quiet", "--formats", "raw", "--cache"])
-            .arg(&image.cache)
-            .arg("--out")
-            .arg(&out)
-            .arg(&spec)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        out.join("disk.raw")
-    })
+/// cloud's stock image (raw only, from the shared image's package cache).
+fn stock_image() -> PathBuf {
+    bootpatch_e2e::images::variant("debian-12-stock", &[], "bakeBootpatch: false\n")
 }
 
 fn sha256_hex(p: &std::path::Path) -> String {
@@ -470,7 +438,7 @@ fn stock_image_gets_bootpatch_from_user_data() {
     // Alone: its image build (mmdebstrap, mkfs, a 3 GiB disk) beside two
     // running guests starved them into RCU stalls under TCG (seen in CI).
     let _alone = vm_slot(true);
-    let raw = stock_image();
+    let raw = &stock_image();
     let image = vm::debian12_image();
     let work = tempfile::Builder::new()
         .prefix("bootpatch-vm-stock-")
@@ -482,7 +450,7 @@ fn stock_image_gets_bootpatch_from_user_data() {
     let patches = vm::patch_disk(&debs, &key, d);
     let bin = bootpatch_e2e::bootpatch_bin();
     let sha = sha256_hex(&bin);
-    let server = vm::FileServer::start(&bin);
+    let server = vm::HttpServer::file(&bin);
     // builder boot --forward: the guest's 10.0.2.100:8080 is the server.
     let url = "http://10.0.2.100:8080/bootpatch".to_string();
     let forward = vec!["--forward".to_string(), format!("8080:{}", server.port)];
