@@ -1189,10 +1189,18 @@ impl Agent {
             warn!(error = %format!("{e:#}"), "publishing the host's patch state");
         }
         let allowed = self.patch.as_ref().is_none_or(|p| p.reboot_if_required);
-        let mut extra = vec![(
-            nodeann::REBOOT_REQUIRED,
-            Some(report.reboot_required.to_string()),
-        )];
+        // What bootpatch did (patched, up-to-date...), kept as the run's last message: a run
+        // with nothing to install must not read "patched".
+        let mut extra = vec![
+            (
+                nodeann::REBOOT_REQUIRED,
+                Some(report.reboot_required.to_string()),
+            ),
+            (
+                nodeann::LAST_MESSAGE,
+                Some(format!("bootpatch: {}", report.result)),
+            ),
+        ];
         if !report.patched_version_after.is_empty() {
             extra.push((
                 nodeann::PATCHED_VERSION,
@@ -1374,7 +1382,8 @@ impl Agent {
                 .to_string(),
         };
         Step::Uncordoned.release()?;
-        self.release_and_idle(&slot, started, "success", Some("patched".into()))
+        // The last message is bootpatch's result, written by `apply` (or a later note).
+        self.release_and_idle(&slot, started, "success", None)
             .await
     }
 
