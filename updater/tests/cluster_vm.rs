@@ -690,11 +690,6 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
 
     let s = run.samples_since(asked);
     // The slot: the VM node held it through its reboot; the queued node only after.
-    let vm_released = s
-        .iter()
-        .find(|x| x.at >= done)
-        .map(|x| x.at)
-        .unwrap_or(done);
     for x in &s {
         assert_ne!(
             x.vm_result, "failed",
@@ -703,9 +698,13 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         );
         assert_ne!(x.queued_step, "failed", "the queued node failed: {x:?}");
         assert!(x.holders.len() <= 1, "more than one slot held: {x:?}");
-        if x.at < vm_released {
+        // The agent releases the slot, then records idle: the queued node may hold it from
+        // the VM node's uncordon on, after the reboot, never before.
+        if x.holders.iter().any(|(_, h)| h == QUEUED) {
             assert!(
-                x.holders.iter().all(|(_, h)| h != QUEUED),
+                matches!(x.vm_step.as_str(), "uncordoned" | "idle")
+                    && !x.vm_cordoned
+                    && s.iter().any(|y| y.at < x.at && y.vm_step == "rebooting"),
                 "the queued node held a slot while the VM node's run was not over: {x:?}"
             );
         }
@@ -720,7 +719,8 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     );
     let steps = step_times(&s);
     eprintln!("cluster_vm: VM node steps after `ospatch now` at {asked:?}: {steps:?}");
-    for want in ["cordoned", "drained", "patching", "rebooting", "uncordoned"] {
+    // (drained lasts well under the 250 ms between samples: it is not always seen.)
+    for want in ["cordoned", "patching", "rebooting", "uncordoned"] {
         assert!(
             steps.iter().any(|(st, _)| st == want),
             "step {want} never seen: {steps:?}"
@@ -734,9 +734,9 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
             .unwrap()
     };
     eprintln!(
-        "cluster_vm: ospatch now -> uncordoned {:.1} s: to drained {:.1}, apply {:.1}, reboot+Ready {:.1}, uncordon {:.1}",
+        "cluster_vm: ospatch now -> uncordoned {:.1} s: to drained (patching) {:.1}, apply {:.1}, reboot+Ready {:.1}, uncordon {:.1}",
         (done - asked).as_secs_f64(),
-        (at("drained") - asked).as_secs_f64(),
+        (at("patching") - asked).as_secs_f64(),
         (at("rebooting") - at("patching")).as_secs_f64(),
         (at("uncordoned") - at("rebooting")).as_secs_f64(),
         (done - at("uncordoned")).as_secs_f64(),
@@ -790,8 +790,120 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         "{}",
         run.tails()
     );
-    // Not yet here (issue 14, to follow): the scheduled run with nothing to do, the agent
-    // killed mid-apply, the repository down.
+    assert_eq!(
+        run.ann(NODE, ann::LAST_MESSAGE),
+        "bootpatch: patched",
+        "{}",
+        run.tails()
+    );
+
+    // 4. On schedule: a run a minute or two ahead, with nothing new to install.
+    let booted = run.boot_id();
+    let next = chrono::Utc::now() + chrono::Duration::seconds(70);
+    use chrono::Timelike;
+    let cron = format!("{} {} * * *", next.minute(), next.hour());
+    let sched_from = t0.elapsed();
+    merge(
+        &c,
+        &CONFIGMAPS,
+        NS,
+        updater::policy::PATCH_POLICY_CONFIGMAP,
+        json!({"data": {"schedule": cron, "timeZone": "UTC"}}),
+    );
+    let start_before = run.ann(NODE, ann::LAST_RUN_START);
+    run.wait("the scheduled run to end", 300, |r| {
+        r.ann(NODE, ann::LAST_RUN_START) != start_before && r.ann(NODE, ann::STEP) == "idle"
+    });
+    assert_eq!(
+        run.ann(NODE, ann::LAST_RESULT),
+        "success",
+        "{}",
+        run.tails()
+    );
+    assert_eq!(
+        run.ann(NODE, ann::LAST_MESSAGE),
+        "bootpatch: up-to-date",
+        "{}",
+        run.tails()
+    );
+    assert_eq!(run.boot_id(), booted, "a run with nothing to do rebooted");
+    let drained = run.samples_since(sched_from).iter().any(|x| x.vm_cordoned);
+    eprintln!("cluster_vm: the scheduled run with nothing pending cordoned the node: {drained}");
+    merge(
+        &c,
+        &CONFIGMAPS,
+        NS,
+        updater::policy::PATCH_POLICY_CONFIGMAP,
+        json!({"data": {"schedule": ""}}),
+    );
+    run.phase("scheduled run, nothing to do");
+
+    // 5. The agent killed mid-apply: its container is killed while dpkg runs a postinst.
+    offered.push(daemon("3.0", &debs, true));
+    repo::build(&repo_dir, "bookworm-updates", &offered, Some(&key));
+    let mark = run.console().len();
+    let start_before = run.ann(NODE, ann::LAST_RUN_START);
+    let o = run.ospatch(&["-n", NS, "now", NODE]);
+    assert_eq!(o.code, 0, "{o:?}");
+    run.wait_console("BPT-POSTINST-HOLD", mark, 300);
+    merge(
+        &c,
+        &NODES,
+        "",
+        NODE,
+        json!({"metadata": {"annotations": {"bootpatch-test/kill-agent": "1"}}}),
+    );
+    run.wait_console("BPT-KUBELET killed agent 1", mark, 60);
+    run.wait_console("BPT-DAEMON started 3.0", mark, 300);
+    run.wait("the cycle to finish after the agent came back", 300, |r| {
+        r.ann(NODE, ann::LAST_RUN_START) != start_before
+            && r.ann(NODE, ann::STEP) == "idle"
+            && !r.ann(NODE, ann::LAST_RESULT).is_empty()
+    });
+    assert_eq!(
+        run.ann(NODE, ann::LAST_RESULT),
+        "success",
+        "{}",
+        run.tails()
+    );
+    let audit_mark = run.console().len();
+    run.wait_console("BPT-AUDIT", audit_mark, 60);
+    let con = run.console();
+    let audit = con[audit_mark..]
+        .lines()
+        .find(|l| l.contains("BPT-AUDIT"))
+        .unwrap()
+        .to_string();
+    assert!(audit.trim_end().ends_with("[]"), "dpkg --audit: {audit}");
+    run.phase("agent killed mid-apply");
+
+    // 6. The repository down: the run ends mirror-unreachable, uncordoned, slot released.
+    http.down();
+    let start_before = run.ann(NODE, ann::LAST_RUN_START);
+    let o = run.ospatch(&["-n", NS, "now", NODE]);
+    assert_eq!(o.code, 0, "{o:?}");
+    run.wait("the run with the repository down to end", 300, |r| {
+        r.ann(NODE, ann::LAST_RUN_START) != start_before && r.ann(NODE, ann::STEP) == "idle"
+    });
+    assert_eq!(
+        run.ann(NODE, ann::LAST_RESULT),
+        "patch-failed",
+        "{}",
+        run.tails()
+    );
+    assert!(
+        run.ann(NODE, ann::LAST_MESSAGE)
+            .contains("mirror-unreachable"),
+        "{}",
+        run.tails()
+    );
+    let n = c.server.get(&NODES, "", NODE).unwrap();
+    assert_ne!(n["spec"]["unschedulable"], true, "left cordoned");
+    assert!(
+        sample(&c, t0).holders.iter().all(|(_, h)| h != NODE),
+        "the slot was not released"
+    );
+    run.phase("repository down");
 
     // The agent's resource use in the guest: the probe's samples.
     let con = run.console();
