@@ -1383,8 +1383,7 @@ impl Agent {
         };
         Step::Uncordoned.release()?;
         // The last message is bootpatch's result, written by `apply` (or a later note).
-        self.release_and_idle(&slot, started, "success", None)
-            .await
+        self.release_and_idle(&slot, started, "success", None).await
     }
 
     /// A failed drain: uncordon if we cordoned, release the slot, back to idle (retried at the
