@@ -1033,7 +1033,10 @@ fn watch_overlap(
                 };
                 let (na, nb) = (get(a), get(b));
                 let step_b = Step::parse(&annotation(&nb, ann::STEP)).unwrap_or(Step::Idle);
-                let a_back = annotation(&na, ann::STEP) == "idle" && !unschedulable(&na);
+                // Back: uncordoned after its reboot. The agent releases the slot before it
+                // records idle, so the other may take it while this one reads "uncordoned".
+                let a_back = matches!(annotation(&na, ann::STEP).as_str(), "uncordoned" | "idle")
+                    && !unschedulable(&na);
                 if step_b.in_run() && !a_back {
                     overlaps += 1;
                 }
