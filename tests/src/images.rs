@@ -145,16 +145,7 @@ fn build_once(name: &str) -> Built {
         .arg(&bin)
         .arg("--json")
         .current_dir(std::env::temp_dir());
-    let t = std::time::Instant::now();
-    let events = sh(c);
-    eprintln!(
-        "images: built {name} in {:.1}s into {}",
-        t.elapsed().as_secs_f64(),
-        dir.display()
-    );
-    let tmp = events_file.with_extension("tmp");
-    std::fs::write(&tmp, &events).unwrap();
-    std::fs::rename(&tmp, &events_file).unwrap();
+    let events = run_build(name, c, &dir, &events_file);
     Built { dir, cache, events }
 }
 
@@ -219,6 +210,14 @@ pub fn variant(name: &str, packages: &[&str], extra: &str) -> PathBuf {
         .arg(crate::bootpatch_bin())
         .arg(&spec)
         .current_dir(std::env::temp_dir());
+    run_build(name, c, &dir, &done);
+    dir.join("disk.raw")
+}
+
+/// Runs a `builder build --json` into `dir`, then writes its events to
+/// `events_file` (through a temporary file: the entry counts only once the
+/// build finished). Returns the events.
+fn run_build(name: &str, c: Command, dir: &Path, events_file: &Path) -> String {
     let t = std::time::Instant::now();
     let events = sh(c);
     eprintln!(
@@ -226,8 +225,8 @@ pub fn variant(name: &str, packages: &[&str], extra: &str) -> PathBuf {
         t.elapsed().as_secs_f64(),
         dir.display()
     );
-    let tmp = done.with_extension("tmp");
-    std::fs::write(&tmp, events).unwrap();
-    std::fs::rename(&tmp, &done).unwrap();
-    dir.join("disk.raw")
+    let tmp = events_file.with_extension("tmp");
+    std::fs::write(&tmp, &events).unwrap();
+    std::fs::rename(&tmp, events_file).unwrap();
+    events
 }

@@ -353,6 +353,14 @@ impl Run {
         )
     }
 
+    /// The node's last result is `result`, and its last message `message` when given.
+    fn assert_last(&self, node: &str, result: &str, message: Option<&str>) {
+        assert_eq!(self.ann(node, ann::LAST_RESULT), result, "{}", self.tails());
+        if let Some(m) = message {
+            assert_eq!(self.ann(node, ann::LAST_MESSAGE), m, "{}", self.tails());
+        }
+    }
+
     fn samples_since(&self, at: Duration) -> Vec<Sample> {
         self.samples
             .lock()
@@ -784,18 +792,7 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         "{row} vs {asked_at}"
     );
 
-    assert_eq!(
-        run.ann(NODE, ann::LAST_RESULT),
-        "success",
-        "{}",
-        run.tails()
-    );
-    assert_eq!(
-        run.ann(NODE, ann::LAST_MESSAGE),
-        "bootpatch: patched",
-        "{}",
-        run.tails()
-    );
+    run.assert_last(NODE, "success", Some("bootpatch: patched"));
 
     // 4. On schedule: a run a minute or two ahead, with nothing new to install.
     let booted = run.boot_id();
@@ -814,18 +811,7 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     run.wait("the scheduled run to end", 300, |r| {
         r.ann(NODE, ann::LAST_RUN_START) != start_before && r.ann(NODE, ann::STEP) == "idle"
     });
-    assert_eq!(
-        run.ann(NODE, ann::LAST_RESULT),
-        "success",
-        "{}",
-        run.tails()
-    );
-    assert_eq!(
-        run.ann(NODE, ann::LAST_MESSAGE),
-        "bootpatch: up-to-date",
-        "{}",
-        run.tails()
-    );
+    run.assert_last(NODE, "success", Some("bootpatch: up-to-date"));
     assert_eq!(run.boot_id(), booted, "a run with nothing to do rebooted");
     let drained = run.samples_since(sched_from).iter().any(|x| x.vm_cordoned);
     eprintln!("cluster_vm: the scheduled run with nothing pending cordoned the node: {drained}");
@@ -860,12 +846,7 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
             && r.ann(NODE, ann::STEP) == "idle"
             && !r.ann(NODE, ann::LAST_RESULT).is_empty()
     });
-    assert_eq!(
-        run.ann(NODE, ann::LAST_RESULT),
-        "success",
-        "{}",
-        run.tails()
-    );
+    run.assert_last(NODE, "success", None);
     let audit_mark = run.console().len();
     run.wait_console("BPT-AUDIT", audit_mark, 60);
     let con = run.console();
@@ -885,12 +866,7 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     run.wait("the run with the repository down to end", 300, |r| {
         r.ann(NODE, ann::LAST_RUN_START) != start_before && r.ann(NODE, ann::STEP) == "idle"
     });
-    assert_eq!(
-        run.ann(NODE, ann::LAST_RESULT),
-        "patch-failed",
-        "{}",
-        run.tails()
-    );
+    run.assert_last(NODE, "patch-failed", None);
     assert!(
         run.ann(NODE, ann::LAST_MESSAGE)
             .contains("mirror-unreachable"),
