@@ -281,11 +281,9 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
     })?;
     let spec = &loaded.spec;
     let name = spec.name.clone();
-    let cache = args
-        .cache
-        .clone()
-        .unwrap_or_else(lock::default_cache)
-        .join("debs");
+    let cache_root = args.cache.clone().unwrap_or_else(lock::default_cache);
+    let cache = cache_root.join("debs");
+    let apt_lists = cache_root.join("apt-lists");
 
     let parent = out_dir
         .parent()
@@ -333,6 +331,10 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                 spec,
                 &sources,
                 &Origin::Network { cache: &cache },
+                rootfs::Tuning {
+                    initramfs_once: true,
+                    apt_lists: Some(&apt_lists),
+                },
                 &root,
                 epoch,
                 p,
@@ -351,6 +353,10 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
                     &Origin::Locked {
                         repo: &repo,
                         packages: l.packages.iter().map(|p| p.name.clone()).collect(),
+                    },
+                    rootfs::Tuning {
+                        initramfs_once: true,
+                        apt_lists: None,
                     },
                     &root,
                     epoch,
@@ -410,6 +416,9 @@ pub fn build(args: &BuildArgs, p: &Progress) -> Result<Built> {
             }
             let point_release = rootfs::point_release(&root)?;
             let kernel = rootfs::newest_kernel(&root)?;
+            if !root.join(format!("boot/initrd.img-{kernel}")).is_file() {
+                bail!("the root file system has no /boot/initrd.img-{kernel}: update-initramfs did not run for kernel {kernel}");
+            }
             let grub = match loader {
                 spec::Loader::Grub => Some(crate::grub::prepare(
                     &root,

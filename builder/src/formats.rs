@@ -1,8 +1,10 @@
 //! Output formats made from `disk.raw`, concurrently, each hashed while it
 //! is written: fixed VHD (raw + footer, its hash continues the raw hash),
-//! qcow2 (qemu-img), OVA (.ovf, .mf, streamOptimized VMDK by qemu-img, in a
-//! tar written here) and the GCP tarball (GNU sparse tar written here, gzip'd
-//! on every core). Holes of the raw image are never read.
+//! qcow2 (qemu-img), and, from one more read of the raw image
+//! ([`crate::packed`]), the OVA (.ovf, .mf and a streamOptimized VMDK in a
+//! tar written here) and the GCP tarball (GNU sparse tar, gzip'd), whose
+//! data is deflated once, on every core, for both. Holes of the raw image
+//! are never read.
 
 use crate::cmd;
 use crate::hash::{data_extents, hash_zeros, hex, HashWriter};
@@ -12,7 +14,7 @@ use flate2::{Compress, Compression, FlushCompress};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
@@ -77,18 +79,19 @@ pub fn produce_all(
             }
             Ok(out)
         }));
-        if want(Format::Gcp) {
+        if want(Format::Gcp) || want(Format::Ova) {
             handles.push(s.spawn(|| -> Result<Vec<Artifact>> {
-                let a = write_gcp(&raw, &dir.join(Format::Gcp.file_name()), meta.epoch, 2)?;
-                mark("gcp");
-                Ok(vec![a])
-            }));
-        }
-        if want(Format::Ova) {
-            handles.push(s.spawn(|| -> Result<Vec<Artifact>> {
-                let a = write_ova(&raw, dir, meta)?;
-                mark("ova");
-                Ok(vec![a])
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let (a, _) = write_ova_gcp(
+                    &raw,
+                    dir,
+                    meta,
+                    want(Format::Ova),
+                    want(Format::Gcp),
+                    threads,
+                    &mark,
+                )?;
+                Ok(a)
             }));
         }
         if want(Format::Qcow2) {
@@ -327,13 +330,16 @@ pub fn gnu_sparse_headers(name: &str, real_size: u64, map: &[(u64, u64)], mtime:
     out
 }
 
-fn pad512(n: u64) -> usize {
+pub(crate) fn pad512(n: u64) -> usize {
     ((512 - n % 512) % 512) as usize
 }
 
 // ---------------------------------------------------------------- GCP
 
-/// `gcp.tar.gz`: `disk.raw` alone in a GNU sparse tar, gzip'd in parallel.
+/// `gcp.tar.gz` on its own: `disk.raw` alone in a GNU sparse tar of its
+/// data extents, gzip'd in parallel. The builder makes it with the OVA in
+/// one pass ([`write_ova_gcp`]); this is the reference it is measured and
+/// checked against (examples/formats_bench.rs, tests).
 pub fn write_gcp(raw: &Path, out: &Path, epoch: u64, threads: usize) -> Result<Artifact> {
     let src = File::open(raw)?;
     let len = src.metadata()?.len();
@@ -474,7 +480,7 @@ pub fn parallel_gzip<W: Write>(
     })
 }
 
-fn deflate_block(input: &[u8], level: Compression) -> Vec<u8> {
+pub(crate) fn deflate_block(input: &[u8], level: Compression) -> Vec<u8> {
     let mut c = Compress::new(level, false);
     let mut out = Vec::with_capacity(input.len() / 2 + 4096);
     loop {
@@ -579,66 +585,165 @@ pub fn ovf_descriptor(meta: &Meta, vmdk_name: &str, vmdk_size: u64, capacity: u6
     )
 }
 
-/// `disk.ova`: the .ovf first, then the .mf (SHA-256 lines), then the
-/// streamOptimized VMDK, in a ustar archive hashed while written.
-fn write_ova(raw: &Path, dir: &Path, meta: &Meta) -> Result<Artifact> {
+/// The OVA and/or the GCP tarball from one read of `raw`, each piece of it
+/// deflated once by `threads` workers ([`crate::packed`]): the pass writes
+/// the streamOptimized VMDK to a temporary file in `dir`, then the OVA (whose
+/// .mf, before the VMDK, holds the VMDK's SHA-256) and the GCP tarball (made
+/// of the VMDK's compressed grains) are written from it, concurrently, and
+/// it is removed. `done` is told "gcp" and "ova" as each is finished.
+pub fn write_ova_gcp(
+    raw: &Path,
+    dir: &Path,
+    meta: &Meta,
+    ova: bool,
+    gcp: bool,
+    threads: usize,
+    done: &(dyn Fn(&str) + Sync),
+) -> Result<(Vec<Artifact>, crate::packed::Pass)> {
+    use crate::packed::{self, VmdkTarget};
     let vmdk_name = format!("{}-disk1.vmdk", meta.image);
     let tmp = dir.join(format!(".{vmdk_name}.tmp"));
+    let gcp_out = dir.join(Format::Gcp.file_name());
     let _ = fs::remove_file(&tmp);
-    cmd::run(
-        Command::new("qemu-img")
-            .args([
-                "convert",
-                "-q",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                "subformat=streamOptimized",
-            ])
-            .arg(raw)
-            .arg(&tmp),
-    )?;
-    let result = (|| {
-        let capacity = fs::metadata(raw)?.len();
-        let vmdk_size = fs::metadata(&tmp)?.len();
-        let vmdk_sha = crate::hash::file_sha256(&tmp)?;
+    // A content ID that is the same for the same image and epoch.
+    let cid = {
+        let h = crate::hash::sha256_bytes(format!("vmdk {} {}", meta.image, meta.epoch).as_bytes());
+        u32::from_le_bytes([h[0], h[1], h[2], h[3]])
+    };
+    let level = Compression::new(6);
+    let target = VmdkTarget {
+        path: &tmp,
+        extent_name: &vmdk_name,
+        cid,
+    };
+    let pass = packed::pass(raw, &target, threads, level)?;
+    let (g, o) = std::thread::scope(|s| {
+        let g = gcp.then(|| {
+            s.spawn(|| {
+                let r = packed::write_gcp(&pass, &tmp, &gcp_out, meta.epoch, level);
+                if r.is_ok() {
+                    done("gcp");
+                }
+                r
+            })
+        });
+        let o = ova.then(|| {
+            let r = assemble_ova(
+                dir,
+                meta,
+                &tmp,
+                &vmdk_name,
+                &pass.vmdk,
+                pass.stats.disk_size,
+            );
+            if r.is_ok() {
+                done("ova");
+            }
+            r
+        });
+        let g = g.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| bail!("the GCP tarball writer panicked"))
+        });
+        (g, o)
+    });
+    let _ = fs::remove_file(&tmp);
+    let mut out = Vec::new();
+    if let Some(g) = g {
+        let g = g?;
+        out.push(Artifact {
+            file: Format::Gcp.file_name().into(),
+            format: "gcp".into(),
+            size: g.size,
+            sha256: g.sha256,
+        });
+    }
+    if let Some(o) = o {
+        out.push(o?);
+    }
+    Ok((out, pass))
+}
+
+/// `disk.ova`: the .ovf first, then the .mf (SHA-256 lines), then the
+/// streamOptimized VMDK at `vmdk` (whose size and SHA-256 are known), in a
+/// ustar archive. The VMDK is copied in the kernel (`copy_file_range`) while
+/// another thread hashes the archive from the page cache: the OVA's SHA-256
+/// needs the VMDK's bytes after the .mf, which needs the VMDK's hash. The OVA
+/// is removed if anything fails.
+pub fn assemble_ova(
+    dir: &Path,
+    meta: &Meta,
+    vmdk: &Path,
+    vmdk_name: &str,
+    written: &crate::packed::Written,
+    capacity: u64,
+) -> Result<Artifact> {
+    let out = dir.join(Format::Ova.file_name());
+    let file = File::create_new(&out).with_context(|| format!("creating {}", out.display()))?;
+    let r = (|| -> Result<Artifact> {
+        let vmdk_size = written.size;
         let ovf_name = format!("{}.ovf", meta.image);
         let mf_name = format!("{}.mf", meta.image);
-        let ovf = ovf_descriptor(meta, &vmdk_name, vmdk_size, capacity);
+        let ovf = ovf_descriptor(meta, vmdk_name, vmdk_size, capacity);
         let ovf_sha = hex(&crate::hash::sha256_bytes(ovf.as_bytes()));
-        let mf = format!("SHA256({ovf_name})= {ovf_sha}\nSHA256({vmdk_name})= {vmdk_sha}\n");
-        let out = dir.join(Format::Ova.file_name());
-        let file = File::create_new(&out).with_context(|| format!("creating {}", out.display()))?;
-        let mut w = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
+        let mf = format!(
+            "SHA256({ovf_name})= {ovf_sha}\nSHA256({vmdk_name})= {}\n",
+            written.sha256
+        );
+        let mut head = Vec::new();
         for (name, body) in [(&ovf_name, ovf.as_bytes()), (&mf_name, mf.as_bytes())] {
-            w.write_all(&ustar_header(name, body.len() as u64, meta.epoch)?)?;
-            w.write_all(body)?;
-            w.write_all(&vec![0u8; pad512(body.len() as u64)])?;
+            head.extend_from_slice(&ustar_header(name, body.len() as u64, meta.epoch)?);
+            head.extend_from_slice(body);
+            head.resize(head.len() + pad512(body.len() as u64), 0);
         }
-        w.write_all(&ustar_header(&vmdk_name, vmdk_size, meta.epoch)?)?;
-        let mut f = File::open(&tmp)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            w.write_all(&buf[..n])?;
+        head.extend_from_slice(&ustar_header(vmdk_name, vmdk_size, meta.epoch)?);
+        let tail = vec![0u8; pad512(vmdk_size) + 1024];
+        let mut src = File::open(vmdk).with_context(|| format!("opening {}", vmdk.display()))?;
+        if src.metadata()?.len() != vmdk_size {
+            bail!("{} is not the size it was written with", vmdk.display());
         }
-        w.write_all(&vec![0u8; pad512(vmdk_size) + 1024])?;
-        let (inner, sha, size) = w.finish();
-        inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let mut dst = &file;
+        dst.write_all(&head)?;
+        let (copied, sha) = std::thread::scope(|s| {
+            let hasher = s.spawn(|| -> Result<String> {
+                let mut h = Sha256::new();
+                h.update(&head);
+                let f = File::open(vmdk)?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut at = 0u64;
+                while at < vmdk_size {
+                    let k = (vmdk_size - at).min(buf.len() as u64) as usize;
+                    f.read_exact_at(&mut buf[..k], at)?;
+                    h.update(&buf[..k]);
+                    at += k as u64;
+                }
+                h.update(&tail);
+                Ok(hex(&h.finalize()))
+            });
+            let copied = std::io::copy(&mut src, &mut dst);
+            let sha = hasher
+                .join()
+                .unwrap_or_else(|_| bail!("the OVA hasher panicked"));
+            (copied, sha)
+        });
+        let copied = copied.with_context(|| format!("copying the VMDK into {}", out.display()))?;
+        let sha = sha.with_context(|| format!("hashing {}", vmdk.display()))?;
+        if copied != vmdk_size {
+            bail!("copied {copied} of {vmdk_size} bytes of the VMDK");
+        }
+        dst.write_all(&tail)?;
+        file.sync_all()?;
         Ok(Artifact {
             file: Format::Ova.file_name().into(),
             format: "ova".into(),
-            size,
+            size: head.len() as u64 + vmdk_size + tail.len() as u64,
             sha256: sha,
         })
     })();
-    let _ = fs::remove_file(&tmp);
-    result
+    if r.is_err() {
+        let _ = fs::remove_file(&out);
+    }
+    r.with_context(|| format!("writing {}", out.display()))
 }
 
 /// Hashes `n` zero bytes onto a hasher (re-exported for tests).
@@ -649,6 +754,7 @@ pub fn zeros_into(h: &mut Sha256, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn chs_examples() {

@@ -12,6 +12,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod aptlists;
 pub mod boot;
 pub mod build;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod hostapt;
 pub mod lock;
 pub mod manifest;
 pub mod oci;
+pub mod packed;
 pub mod progress;
 pub mod qmp;
 pub mod render;

@@ -77,11 +77,29 @@ pub enum Origin<'a> {
     },
 }
 
+/// What the builder adds to a plain mmdebstrap run (the benchmark's floor
+/// runs it plain).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tuning<'a> {
+    /// Generate each kernel's initramfs once, at the end. A plain run makes
+    /// it twice: the kernel's postinst hook, then initramfs-tools' trigger
+    /// when later packages (udev, systemd, ...) add initramfs hooks.
+    pub initramfs_once: bool,
+    /// The apt-lists cache folder ([`crate::aptlists`]): seeded into the
+    /// root before `apt-get update`, stored again after a successful run.
+    pub apt_lists: Option<&'a Path>,
+}
+
+/// The customize hook of [`Tuning::initramfs_once`]: one `update-initramfs
+/// -c` per installed kernel that has no initramfs yet.
+const INITRAMFS_ONCE_HOOK: &str = r#"for k in "$1"/boot/vmlinuz-*; do [ -e "$k" ] || continue; v=${k##*/vmlinuz-}; [ -e "$1/boot/initrd.img-$v" ] || chroot "$1" update-initramfs -c -k "$v" || exit 1; done"#;
+
 /// Runs mmdebstrap into `target` (which must not exist).
 pub fn mmdebstrap(
     spec: &Spec,
     sources: &[Source],
     origin: &Origin,
+    tuning: Tuning,
     target: &Path,
     epoch: u64,
     progress: &Progress,
@@ -119,6 +137,35 @@ pub fn mmdebstrap(
             c.arg(format!("--dpkgopt={o}"));
         }
     }
+    if tuning.initramfs_once {
+        // Debian's kernel postinst hook (/etc/kernel/postinst.d/initramfs-tools)
+        // skips the initramfs when INITRD=No; with no initramfs yet, the
+        // initramfs-tools trigger has nothing to update.
+        c.env("INITRD", "No")
+            .arg(format!("--customize-hook={INITRAMFS_ONCE_HOOK}"));
+    }
+    // The seeded and the saved lists live beside the target, in the work folder.
+    let lists = match (origin, tuning.apt_lists) {
+        (Origin::Network { .. }, Some(cache)) => {
+            let base = target.parent().unwrap_or(Path::new("/"));
+            let (seed, out) = (base.join("apt-lists-in"), base.join("apt-lists-out"));
+            let _ = fs::remove_dir_all(&seed);
+            let _ = fs::remove_dir_all(&out);
+            let n = crate::aptlists::seed(cache, &seed)?;
+            progress.status(&format!("apt lists: {n} index files from the cache"));
+            fs::create_dir_all(&out)?;
+            c.arg(format!(
+                "--setup-hook=sync-in {} /var/lib/apt/lists/",
+                seed.display()
+            ))
+            .arg(format!(
+                "--customize-hook=sync-out /var/lib/apt/lists {}",
+                out.display()
+            ));
+            Some((cache, seed, out))
+        }
+        _ => None,
+    };
     match origin {
         Origin::Network { cache } => {
             fs::create_dir_all(cache)?;
@@ -137,7 +184,13 @@ pub fn mmdebstrap(
             for s in sources {
                 for u in &s.uris {
                     for suite in &s.suites {
-                        c.arg(format!("deb {u} {suite} {}", s.components.join(" ")));
+                        // apt checks the lists against the spec's key, not
+                        // whatever the build host trusts.
+                        c.arg(format!(
+                            "deb [signed-by={}] {u} {suite} {}",
+                            key_file(s, target)?.display(),
+                            s.components.join(" ")
+                        ));
                     }
                 }
             }
@@ -157,7 +210,26 @@ pub fn mmdebstrap(
             progress.status(msg);
         }
     })?;
+    if let Some((cache, seed, out)) = lists {
+        crate::aptlists::store(&out, cache)?;
+        let _ = fs::remove_dir_all(seed);
+        let _ = fs::remove_dir_all(out);
+    }
     Ok(())
+}
+
+/// The keyring file of a source on the build host: its `signedBy` path, or
+/// an inline (armored) key written beside the target as `<name>.asc`.
+fn key_file(s: &Source, target: &Path) -> Result<PathBuf> {
+    if !s.signed_by.contains('\n') {
+        return Ok(PathBuf::from(&s.signed_by));
+    }
+    let p = target
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!("{}.asc", s.name));
+    fs::write(&p, &s.signed_by).with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
 }
 
 /// Everything the node needs beyond its packages.
