@@ -158,12 +158,11 @@ pub fn boot(a: &BootArgs, echo: bool) -> Result<Outcome> {
         Firmware::Secureboot => "q35,smm=on",
         _ => "q35",
     };
-    q.args([
-        "-machine", machine, "-accel", "tcg", "-cpu", "max", "-smp", "2",
-    ])
-    .args(["-m", &a.memory.to_string()])
-    .args(["-nodefaults", "-no-user-config", "-display", "none"])
-    .args(network_args(&a.forward)?);
+    q.args(["-machine", machine, "-accel", "tcg", "-cpu", "max"])
+        .args(["-smp", &a.cpus.to_string()])
+        .args(["-m", &a.memory.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(network_args(&a.forward)?);
     if let Some((code, _)) = ovmf {
         if a.firmware == Firmware::Secureboot {
             q.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);

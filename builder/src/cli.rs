@@ -116,6 +116,11 @@ pub struct BootArgs {
     /// Guest memory in MiB
     #[arg(long, default_value_t = 1024)]
     pub memory: u32,
+    /// Virtual CPUs. Under TCG each is a host thread: guests that together have more
+    /// virtual CPUs than the host has cores run much slower than their share (a vCPU
+    /// waits on one whose thread is not running), so give parallel guests one each
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
     /// Keep what the guest writes to DISK (default: changes are discarded;
     /// use an overlay, e.g. `qemu-img create -f qcow2 -b disk.raw -F raw`)
     #[arg(long)]

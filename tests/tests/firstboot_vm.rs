@@ -20,7 +20,9 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A bound for a hung guest, not a speed check: the kernel update's boot (install, initramfs,
+/// reboot, join) took 565 s under TCG on a loaded CI machine, so 600 s was too close.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 use bootpatch_e2e::vm::KERNEL_META;
 
 struct Case {
@@ -243,23 +245,42 @@ fn reboot_if_required_patches_reboots_once_then_joins() {
     }
 }
 
+/// Reboots not allowed: the reboot stays pending and the node joins; its second boot (the
+/// same node) then does nothing at all: the unit does not even start.
 #[test]
-fn reboot_not_allowed_leaves_it_pending_and_joins() {
+fn reboot_not_allowed_leaves_it_pending_and_joins_and_the_second_boot_does_nothing() {
     let _shared = vm_slot(false);
     let c = Case::new(RepoKind::Signed, false, true);
-    let (r, console) = c.boot(1);
+    let (first, console) = c.boot(1);
     assert_eq!(vm::boots(&console), 1, "no reboot");
-    assert_eq!(r.debian_version, c.point);
-    assert_eq!(r.status["reboot_required"], true);
+    assert_eq!(first.debian_version, c.point);
+    assert_eq!(first.status["reboot_required"], true);
     assert_eq!(
-        r.status["reboot_packages"],
+        first.status["reboot_packages"],
         serde_json::json!([KERNEL_META])
     );
     assert_eq!(
-        r.status["reboot_pending_reason"],
+        first.status["reboot_pending_reason"],
         "rebootIfRequired is false"
     );
-    assert_eq!(joined_boots(&r), std::slice::from_ref(&r.boot_id));
+    assert_eq!(joined_boots(&first), std::slice::from_ref(&first.boot_id));
+
+    let (second, console) = c.boot(2);
+    assert_eq!(vm::boots(&console), 1);
+    assert!(
+        second.unit.contains("ConditionResult=no"),
+        "the unit must not even start: {}",
+        second.unit
+    );
+    assert_eq!(
+        second.state["history"], first.state["history"],
+        "no new run recorded"
+    );
+    assert_eq!(
+        joined_boots(&second).len(),
+        1,
+        "join ran only on the first boot"
+    );
 }
 
 #[test]
@@ -318,17 +339,20 @@ fn tampered_repository_installs_nothing() {
 fn power_loss_during_install_recovers_without_reboot_loops() {
     let _shared = vm_slot(false);
     // Cut the power at several points after the install starts (TCG makes
-    // dpkg slow enough for these to land in different places).
-    // BOOTPATCH_TEST_CUTS="700,3000" narrows the points when debugging.
+    // dpkg slow enough for these to land in different places): at once,
+    // 1.5 s and 6 s into the install. Each cut costs a recovery boot
+    // and its reboot (about 5 minutes of one of the two guest slots), so CI
+    // takes three; BOOTPATCH_TEST_CUTS="0,700,1500,3000,6000" (say) takes
+    // more, or narrows them when debugging.
     //
     // The guest boots once, up to bootpatch announcing the install, and its
     // running state is saved there (`builder boot --save-state`). Each cut
     // resumes that state on its own overlay of the saved disk, lets it run
-    // for the cut's delay and kills it: the same moments as five cold boots,
-    // for the price of one.
+    // for the cut's delay and kills it: the same moments as a cold boot per
+    // cut would reach, for the price of one.
     let cuts: Vec<u64> = std::env::var("BOOTPATCH_TEST_CUTS")
         .map(|v| v.split(',').map(|x| x.trim().parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![0, 700, 1500, 3000, 6000]);
+        .unwrap_or_else(|_| vec![0, 1500, 6000]);
     let c = Case::new(RepoKind::Signed, true, true);
     let saved = c.dir.path().join("pre-install");
     let marker = "upgrading 2 package(s)";
@@ -387,29 +411,6 @@ fn power_loss_during_install_recovers_without_reboot_loops() {
     }
 }
 
-#[test]
-fn second_boot_of_a_patched_node_does_nothing() {
-    let _shared = vm_slot(false);
-    let c = Case::new(RepoKind::Signed, false, true);
-    let (first, _) = c.boot(1);
-    let (second, console) = c.boot(2);
-    assert_eq!(vm::boots(&console), 1);
-    assert!(
-        second.unit.contains("ConditionResult=no"),
-        "the unit must not even start: {}",
-        second.unit
-    );
-    assert_eq!(
-        second.state["history"], first.state["history"],
-        "no new run recorded"
-    );
-    assert_eq!(
-        joined_boots(&second).len(),
-        1,
-        "join ran only on the first boot"
-    );
-}
-
 /// The debian-12 spec with nothing of bootpatch baked in: a stand-in for a
 /// cloud's stock image (raw only, from the shared image's package cache).
 fn stock_image() -> PathBuf {
@@ -435,10 +436,14 @@ fn sha256_hex(p: &std::path::Path) -> String {
 /// bootpatch uninstalled and the node unjoined.
 #[test]
 fn stock_image_gets_bootpatch_from_user_data() {
-    // Alone: its image build (mmdebstrap, mkfs, a 3 GiB disk) beside two
-    // running guests starved them into RCU stalls under TCG (seen in CI).
-    let _alone = vm_slot(true);
-    let raw = &stock_image();
+    // Alone while its image is built (mmdebstrap, mkfs, a 3 GiB disk): that
+    // beside two running guests starved them into RCU stalls under TCG
+    // (seen in CI). Its boots then take one of the two slots like any test.
+    let raw = &{
+        let _alone = vm_slot(true);
+        stock_image()
+    };
+    let _slot = vm_slot(false);
     let image = vm::debian12_image();
     let work = tempfile::Builder::new()
         .prefix("bootpatch-vm-stock-")
