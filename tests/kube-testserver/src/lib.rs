@@ -66,6 +66,11 @@ pub struct Options {
     pub extra_sans: Vec<String>,
     /// How a watch that asks for a resourceVersion older than the history is refused.
     pub watch_gone: WatchGone,
+    /// How long after its write commits an event reaches a watch. A real apiserver's watch
+    /// cache trails its writes by milliseconds, by much more under load, while a GET already
+    /// sees the write: clients that read their own writes from a watch cache must allow for
+    /// it. Zero sends at once.
+    pub watch_latency: Duration,
 }
 
 /// The two ways a real apiserver refuses a watch whose resourceVersion is too old: an `ERROR`
@@ -94,6 +99,7 @@ impl Default for Options {
             plain_http: false,
             extra_sans: Vec::new(),
             watch_gone: WatchGone::default(),
+            watch_latency: Duration::ZERO,
         }
     }
 }
@@ -103,6 +109,7 @@ pub struct Shared {
     store: Mutex<Store>,
     pub bookmark_interval: Duration,
     pub watch_gone: WatchGone,
+    pub watch_latency: Duration,
     /// The tokens requests must carry; None serves everyone (plain HTTP).
     pub tokens: Option<auth::Tokens>,
 }
@@ -148,6 +155,7 @@ impl TestServer {
             })),
             bookmark_interval: opts.bookmark_interval,
             watch_gone: opts.watch_gone,
+            watch_latency: opts.watch_latency,
             tokens: (!opts.plain_http).then(auth::Tokens::default),
         });
         let pki = match opts.plain_http {

@@ -768,6 +768,10 @@ impl WatchStream {
                 msg = self.sub.rx.recv() => match msg {
                     Some((t, ev)) => {
                         if ev.rv > self.last_rv {
+                            let latency = self.shared.watch_latency;
+                            if !latency.is_zero() {
+                                tokio::time::sleep_until((ev.at + latency).into()).await;
+                            }
                             self.last_rv = ev.rv;
                             return Some(self.line(t, &ev.obj, &ev.json));
                         }
@@ -802,6 +806,10 @@ impl WatchStream {
                     // Everything committed up to `rv` is already queued for us: send it first.
                     while let Ok((t, ev)) = self.sub.rx.try_recv() {
                         if ev.rv > self.last_rv {
+                            let latency = self.shared.watch_latency;
+                            if !latency.is_zero() {
+                                tokio::time::sleep_until((ev.at + latency).into()).await;
+                            }
                             self.last_rv = ev.rv;
                             let line = self.line(t, &ev.obj, &ev.json);
                 self.pending.push_back(line);

@@ -51,6 +51,8 @@ pub struct Event {
     pub deleted: bool,
     /// The object serialized once, shared by every watch that sends it.
     pub json: Bytes,
+    /// When the write committed (a watch with latency sends the event that much later).
+    pub at: Instant,
 }
 
 /// What a watch or list selects.
@@ -352,6 +354,7 @@ impl Store {
             obj: obj.clone(),
             old,
             deleted: false,
+            at: Instant::now(),
         });
         obj
     }
@@ -373,6 +376,7 @@ impl Store {
             obj: last.clone(),
             old: Some(old),
             deleted: true,
+            at: Instant::now(),
         });
         Some(last)
     }

@@ -959,3 +959,38 @@ fn rbac_decides_for_service_accounts() {
     );
     assert!(s.get(&PODS, "default", "web-1").is_some(), "not evicted");
 }
+
+#[test]
+fn a_watch_with_latency_trails_the_write_while_a_get_sees_it_at_once() {
+    let latency = Duration::from_millis(400);
+    let s = TestServer::start(Options {
+        watch_latency: latency,
+        ..Options::default()
+    })
+    .expect("starting server");
+    let mut w = Watch::open(
+        &s,
+        "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=5",
+    );
+    let written = Instant::now();
+    s.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "late", "namespace": "default"}}))
+        .unwrap();
+    let (code, got) = call(
+        &s,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/late",
+        "application/json",
+        &Value::Null,
+    );
+    assert_eq!(code, 200, "{got}");
+    assert!(written.elapsed() < latency, "the GET waited for the watch");
+    let e = w.next_event().expect("the ADDED event");
+    assert_eq!(e["type"], "ADDED");
+    assert_eq!(e["object"]["metadata"]["name"], "late");
+    assert!(
+        written.elapsed() >= latency,
+        "the event came {:?} after the write",
+        written.elapsed()
+    );
+}
