@@ -5,7 +5,7 @@
 
 SPEC ?= images/debian-12.yaml
 
-.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder bench-firmware bench-fleet
+.PHONY: image agent-image test test-fast test-vm deps lint bootpatch builder-release bench-bootpatch bench-firstboot bench-builder bench-firmware bench-fleet bench-agent-idle
 
 deps:
 	sh scripts/deps/bootpatch.sh
@@ -64,6 +64,11 @@ bench-firmware: deps bootpatch
 # last 3-10 x the Lease, time scaled; each case exits non-zero if a correctness goal is missed.
 # One case: make bench-fleet FLEET_CASES="100:1:60"  (nodes:maxConcurrency:time factor).
 FLEET_CASES ?= 100:10%:60 100:1:60 1000:10%:20 1000:1:3600
+# The whole chain in a VM (updater/tests/cluster_vm.rs), then the agent's RSS and CPU in
+# the guest over 5 idle minutes (the lines that start with cluster_vm:).
+bench-agent-idle: deps bootpatch builder-release
+	$(TEST_ENV) CLUSTER_VM_IDLE_SECS=300 cargo test --locked -q -p updater --test cluster_vm -- --nocapture
+
 bench-fleet:
 	st=0; for c in $(FLEET_CASES); do \
 		n=$${c%%:*}; r=$${c#*:}; m=$${r%%:*}; f=$${r#*:}; \

@@ -170,15 +170,21 @@ pub fn repack(
 /// /etc/debian_version is `<major>.99`, as a point release does. Returns the
 /// .deb, its version and the new Patched Version.
 pub fn point_release(orig: &Path, out: &Path) -> (PathBuf, String, String) {
+    point_release_n(orig, out, 99)
+}
+
+/// [`point_release`] to point release `n` (`MAJOR.n`, version `+debMAJORun`):
+/// a later `n` is a newer point release.
+pub fn point_release_n(orig: &Path, out: &Path, n: u32) -> (PathBuf, String, String) {
     let mut c = Command::new("dpkg-deb");
     c.arg("-f").arg(orig).arg("Version");
     let old = sh(c).trim().to_string();
     let major = old.split('.').next().unwrap().to_string();
-    let point = format!("{major}.99");
+    let point = format!("{major}.{n}");
     let (deb, version) = repack(
         orig,
         out,
-        |old| format!("{}+deb{major}u99", old.split('+').next().unwrap()),
+        |old| format!("{}+deb{major}u{n}", old.split('+').next().unwrap()),
         |d, _| std::fs::write(d.join("etc/debian_version"), format!("{point}\n")).unwrap(),
     );
     (deb, version, point)

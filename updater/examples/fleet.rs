@@ -161,6 +161,8 @@ fn scenario(nodes: &[String], lease: Duration, f: f64, seed: u64) -> HashMap<Str
             // The lease is already scaled: the reboot is drawn against it.
             let reboot = rng.between(lease * 3, lease * 10);
             let b = Behaviour {
+                // An index refresh, before the slot.
+                check_duration: Duration::from_secs(5).div_f64(f),
                 apply_duration: apply.div_f64(f),
                 outcome: ApplyOutcome::Patched,
                 reboot_required: true,

@@ -6,7 +6,7 @@
 
 use crate::cycle::Step;
 use crate::drain::{self, DrainObserver};
-use crate::host::HostActions;
+use crate::host::{Check, HostActions};
 use crate::kube_util::{spawn_watch, AbortOnDrop, Kube, Snapshot};
 use crate::metrics::Metrics;
 use crate::node::{self as nodeann, annotate, annotation, event, now_rfc3339};
@@ -203,6 +203,28 @@ impl Agent {
             .await
     }
 
+    /// Merge-patches this node on condition that it is still as `read` (its resourceVersion):
+    /// `Ok(false)` when it changed meanwhile (409 Conflict), for the caller to read it again.
+    async fn patch_node_if_unchanged(
+        &self,
+        read: &Node,
+        mut patch: serde_json::Value,
+    ) -> Result<bool, kube::Error> {
+        patch["metadata"]["resourceVersion"] = read.metadata.resource_version.clone().into();
+        match Api::<Node>::all(self.client().clone())
+            .patch(
+                &self.opts.node,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn note(&self, warning: bool, reason: &str, message: &str) {
         if warning {
             warn!(node = %self.opts.node, reason, "{message}");
@@ -249,19 +271,9 @@ impl Agent {
                     )
                 })
                 .collect();
-            let patch = serde_json::json!({"metadata": {
-                "resourceVersion": node.metadata.resource_version, "annotations": map}});
-            match Api::<Node>::all(self.client().clone())
-                .patch(
-                    &self.opts.node,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => break,
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(e) => return Err(e.into()),
+            let patch = serde_json::json!({"metadata": {"annotations": map}});
+            if self.patch_node_if_unchanged(&node, patch).await? {
+                break;
             }
         }
         self.metrics.set_step(step.as_str());
@@ -305,12 +317,13 @@ impl Agent {
     }
 
     /// Whether this node may take slot `name` (as `lease` shows it) now, from the holder
-    /// Node's own state; `Err(t)`: not before `t`.
+    /// Node's own state: `Ok(None)` free or stale, `Ok(Some(t))` taken from a holder as `t`
+    /// says (abandoned or reclaimed); `Err(t)`: not before `t`.
     async fn may_take(
         &self,
         name: &str,
         lease: Option<&Lease>,
-    ) -> Result<Result<Option<String>, Option<DateTime<Utc>>>, kube::Error> {
+    ) -> Result<Result<Option<nodeann::Takeover>, Option<DateTime<Utc>>>, kube::Error> {
         let Some(l) = lease else { return Ok(Ok(None)) };
         let Some(h) = slots::holder(l) else {
             return Ok(Ok(None));
@@ -325,7 +338,7 @@ impl Agent {
         match nodeann::takeover(holder.as_ref(), name, Utc::now(), self.opts.step_deadline) {
             nodeann::Takeover::Wait(t) => Ok(Err(Some(t))),
             nodeann::Takeover::Stale => Ok(Ok(None)),
-            nodeann::Takeover::Abandoned(why) => Ok(Ok(Some(why))),
+            t => Ok(Ok(Some(t))),
         }
     }
 
@@ -347,8 +360,11 @@ impl Agent {
         let got = self.slots.try_slot(name, lease).await?;
         if let Some(Acquired::TakenOver { from, name }) = &got {
             match why {
-                Some(why) if from != &self.opts.node => {
-                    self.mark_taken_over(from, name, &why).await
+                Some(nodeann::Takeover::Abandoned(why)) if from != &self.opts.node => {
+                    self.record_takeover(from, name, &why, false).await
+                }
+                Some(nodeann::Takeover::Reclaimed(why)) if from != &self.opts.node => {
+                    self.record_takeover(from, name, &why, true).await
                 }
                 _ => {
                     info!(node = %self.opts.node, slot = %name, from = %from, "took over a stale slot (its holder is not in a run on it)")
@@ -531,6 +547,14 @@ impl Agent {
         if let Err(e) = self.members().await {
             warn!(error = %e, "listing nodes");
         }
+        // The policies as first listed, before the node's state is published (which tells
+        // the cluster the agent is up): a policy changed right after that is then a change
+        // from a good one, not the first one this agent sees.
+        {
+            let cms = cm_rx.borrow().clone().unwrap_or_default();
+            let dcms = dcm_rx.borrow().clone().unwrap_or_default();
+            self.load_policies(&cms, &dcms).await;
+        }
         if let Err(e) = self.publish_host_state(true).await {
             warn!(error = %format!("{e:#}"), "publishing the host's patch state");
         }
@@ -546,6 +570,22 @@ impl Agent {
             else {
                 node_rx.changed().await?;
                 continue;
+            };
+            // The watch cache may not have caught up with this agent's own writes: a cache
+            // still showing the node as it was before a run that just ended (idle, the old
+            // last-run-start, or a step of that run) would run it again. Waiting may go by
+            // the cache; acting (resuming or starting a run) goes by the node read afresh.
+            let node = if self.would_act_on(&node) {
+                match self.fresh_node().await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "reading the node; will retry");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            } else {
+                node
             };
             let step = nodeann::step_of(&node);
             let wake: Option<DateTime<Utc>> = if step == Step::Failed {
@@ -599,6 +639,18 @@ impl Agent {
         self.metrics.draining.store(false, Ordering::Relaxed);
     }
 
+    /// Whether the node, as the watch cache shows it, would have this agent resume a run or
+    /// start one.
+    fn would_act_on(&self, node: &Node) -> bool {
+        nodeann::step_of(node).in_run()
+            || self.patch.as_ref().is_some_and(|p| {
+                matches!(
+                    policy::due(p, &nodeann::record_of(node), Utc::now()),
+                    Due::Now(_)
+                )
+            })
+    }
+
     /// Whether the idle node should run now, or when to look again.
     async fn consider(&mut self, node: &Node) -> Result<Consider, kube::Error> {
         let Some(patch) = self.patch.clone() else {
@@ -619,7 +671,11 @@ impl Agent {
                     &[
                         (nodeann::LAST_RESULT, Some("refused".into())),
                         (nodeann::LAST_MESSAGE, Some(msg)),
-                        (nodeann::LAST_RUN_START, Some(now_rfc3339())),
+                        (
+                            nodeann::LAST_RUN_START,
+                            Some(nodeann::run_start_stamp(chrono::Utc::now())),
+                        ),
+                        (nodeann::REQUEST_SERVED, nodeann::served_mark(node)),
                     ],
                 )
                 .await?;
@@ -787,28 +843,45 @@ impl Agent {
         }
     }
 
-    async fn mark_taken_over(&self, from: &str, slot: &str, why: &str) {
-        let msg = format!(
-            "patch slot {slot} taken over by {}: this node was {why}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it",
-            self.opts.node
-        );
+    /// Writes what a takeover did to the holder it took the slot from. A holder gone at
+    /// `slot-held` (it had not cordoned) goes back to idle with its run not counted
+    /// (`last-run-start` removed), so it starts again when its agent is back. A holder gone
+    /// later in its run is marked failed and left as it was, for a human to check.
+    async fn record_takeover(&self, from: &str, slot: &str, why: &str, reclaimed: bool) {
+        let by = &self.opts.node;
+        let (msg, reason, step) = if reclaimed {
+            (
+                format!("patch slot {slot} taken over by {by}: this node was {why}; it had not cordoned, so nothing was done to it, and its run starts again when its agent is back"),
+                "OSPatchSlotReclaimed",
+                Step::SlotHeld.abort().unwrap_or(Step::Idle),
+            )
+        } else {
+            (
+                format!("patch slot {slot} taken over by {by}: this node was {why}; the node is left as it was (possibly cordoned) for a human to check; `kubectl ospatch now {from}` clears it"),
+                "OSPatchFailed",
+                Step::Failed,
+            )
+        };
         warn!(node = %from, "{msg}");
-        let r = annotate(
-            self.client(),
-            from,
-            &[
-                (nodeann::STEP, Some(Step::Failed.as_str().into())),
-                (nodeann::STEP_SINCE, Some(now_rfc3339())),
-                (nodeann::LAST_RESULT, Some("failed".into())),
-                (nodeann::LAST_MESSAGE, Some(msg.clone())),
-                (nodeann::SLOT, None),
-            ],
-        )
-        .await;
-        if let Err(e) = r {
-            warn!(error = %e, node = %from, "marking the node failed");
+        let mut keys = vec![
+            (nodeann::STEP, Some(step.as_str().to_string())),
+            (nodeann::STEP_SINCE, Some(now_rfc3339())),
+            (nodeann::LAST_MESSAGE, Some(msg.clone())),
+            (nodeann::SLOT, None),
+        ];
+        if reclaimed {
+            keys.extend([
+                (nodeann::STEP_DEADLINE, None),
+                (nodeann::LAST_RUN_START, None),
+                (nodeann::REQUEST_SERVED, None),
+            ]);
+        } else {
+            keys.push((nodeann::LAST_RESULT, Some("failed".into())));
         }
-        let _ = event(self.client(), from, true, "OSPatchFailed", &msg).await;
+        if let Err(e) = annotate(self.client(), from, &keys).await {
+            warn!(error = %e, node = %from, "recording the takeover on the node");
+        }
+        let _ = event(self.client(), from, true, reason, &msg).await;
     }
 
     async fn start_run(
@@ -817,6 +890,36 @@ impl Agent {
         cm_rx: &mut CmRx,
         dcm_rx: &mut CmRx,
     ) -> Result<(), Stop> {
+        // The run starts from the node as it is now: its start time and the request it
+        // serves are those from before the check, so a request made while the check runs
+        // (which may have seen the sources before the request's packages) is not lost.
+        let begun = chrono::Utc::now();
+        let node = self.fresh_node().await?;
+        let serves = nodeann::served_mark(&node);
+        if let Some((result, why)) = self.ends_before_the_slot(&node).await? {
+            let msg = format!("{reason} patch run: {why}; the node was not cordoned or drained");
+            annotate(
+                self.client(),
+                &self.opts.node,
+                &[
+                    (
+                        nodeann::LAST_RUN_START,
+                        Some(nodeann::run_start_stamp(begun)),
+                    ),
+                    (nodeann::REQUEST_SERVED, serves),
+                    (nodeann::LAST_RESULT, Some(result.into())),
+                    (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                ],
+            )
+            .await?;
+            self.metrics.record_result(result);
+            let (warning, event) = match result {
+                "up-to-date" => (false, "OSPatchUpToDate"),
+                _ => (true, "OSPatchCheckFailed"),
+            };
+            self.note(warning, event, &msg).await;
+            return Ok(());
+        }
         let Some(acquired) = self.wait_for_slot(cm_rx, dcm_rx).await? else {
             return Ok(());
         };
@@ -828,10 +931,16 @@ impl Agent {
         let node = self.fresh_node().await?;
         let own_cordon = nodeann::unschedulable(&node)
             && annotation(&node, nodeann::CORDONED_BY_AGENT) == Some("true");
+        // The apply, after the slot, refreshes the sources: it serves the requests made
+        // until now.
         self.record(
             Step::Idle.take_slot()?,
             &[
-                (nodeann::LAST_RUN_START, Some(now_rfc3339())),
+                (
+                    nodeann::LAST_RUN_START,
+                    Some(nodeann::run_start_stamp(chrono::Utc::now())),
+                ),
+                (nodeann::REQUEST_SERVED, nodeann::served_mark(&node)),
                 (nodeann::SLOT, Some(slot.clone())),
                 (
                     nodeann::CORDONED_BY_AGENT,
@@ -843,6 +952,66 @@ impl Agent {
         )
         .await?;
         self.drive(Step::SlotHeld, slot, started, renewer).await
+    }
+
+    /// Whether a run that is due ends before it takes a slot, with its result and why; `None`
+    /// runs the cycle. It ends when `bootpatch check` on the host finds nothing to install and
+    /// no reboot is due (or reboots are not allowed): `up-to-date`; or when the check fails in
+    /// a way the apply would too (sources unreachable, a bad signature, a bad config):
+    /// `patch-failed`, without draining for it. Never while a cordon of the agent's own is left
+    /// to undo. Any other doubt (the check cannot run, fails otherwise, or outlasts the apply
+    /// deadline) runs the whole cycle, whose apply then says what is wrong. The check runs
+    /// outside the slot, so nodes with nothing to do never queue for one.
+    async fn ends_before_the_slot(
+        &self,
+        node: &Node,
+    ) -> Result<Option<(&'static str, String)>, Stop> {
+        if nodeann::unschedulable(node)
+            && annotation(node, nodeann::CORDONED_BY_AGENT) == Some("true")
+        {
+            return Ok(None);
+        }
+        let reboot_allowed = self.patch.as_ref().is_none_or(|p| p.reboot_if_required);
+        let reboot_due = match self.host.reboot_required() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading reboot-required; running the whole cycle");
+                return Ok(None);
+            }
+        };
+        if reboot_due && reboot_allowed {
+            return Ok(None);
+        }
+        let deadline = self.opts.apply_deadline;
+        let check = match tokio::time::timeout(deadline, self.host.check()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!(node = %self.opts.node, error = %format!("{e:#}"), "running bootpatch check; running the whole cycle");
+                return Ok(None);
+            }
+            Err(_) => {
+                self.metrics.record_deadline("check");
+                warn!(node = %self.opts.node, "bootpatch check did not finish within {deadline:?}; running the whole cycle");
+                return Ok(None);
+            }
+        };
+        let the_apply_would_fail = check.fails_the_apply_too();
+        Ok(match check {
+            Check::Pending => None,
+            Check::UpToDate if reboot_due => Some((
+                "up-to-date",
+                "bootpatch check: nothing to install (a reboot is pending, but rebootIfRequired is false)".into(),
+            )),
+            Check::UpToDate => Some((
+                "up-to-date",
+                "bootpatch check: nothing to install, no reboot required".into(),
+            )),
+            Check::Failed { message, .. } if the_apply_would_fail => Some(("patch-failed", message)),
+            Check::Failed { message, .. } => {
+                warn!(node = %self.opts.node, "{message}; running the whole cycle");
+                None
+            }
+        })
     }
 
     /// Picks up a run after a restart.
@@ -875,11 +1044,31 @@ impl Agent {
             let lease = Api::<Lease>::namespaced(self.client().clone(), &self.opts.namespace)
                 .get_opt(&name)
                 .await?;
+            if step == Step::SlotHeld && lease.as_ref().and_then(slots::holder).is_some() {
+                // Taken before this node cordoned: nothing was done, so nothing for a human.
+                let msg = format!("this node's patch slot {name} was taken while its agent was away, before it cordoned; nothing was done to the node, and the run starts again");
+                self.record(
+                    step.abort()?,
+                    &[
+                        (nodeann::SLOT, None),
+                        (nodeann::LAST_RUN_START, None),
+                        (nodeann::REQUEST_SERVED, None),
+                        (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                    ],
+                    &msg,
+                )
+                .await?;
+                return Ok(());
+            }
             if lease.as_ref().and_then(slots::holder).is_some() {
+                let msg = format!("this node's patch slot {name} was taken over while its agent was away, at step {step}; the node is left as it is for a human: `kubectl ospatch now {}` clears it", self.opts.node);
                 self.record(
                     step.abandon()?,
-                    &[(nodeann::LAST_RESULT, Some("failed".into()))],
-                    "this node's patch slot was taken over while its agent was away; left as it is for a human",
+                    &[
+                        (nodeann::LAST_RESULT, Some("failed".into())),
+                        (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                    ],
+                    &msg,
                 )
                 .await?;
                 return Ok(());
@@ -965,33 +1154,35 @@ impl Agent {
     }
 
     /// Cordons the node unless an admin already did (then it is left cordoned at the end).
+    /// The write is conditional on the Node as read: a node whose slot was reclaimed meanwhile
+    /// (sent back to idle by the node that took it) is not cordoned.
     #[instrument(skip_all, fields(node = %self.opts.node))]
     async fn cordon(&self, step: Step) -> Result<Step, Stop> {
         let next = step.cordon()?;
-        let node = self.fresh_node().await?;
-        let ours = annotation(&node, nodeann::CORDONED_BY_AGENT) == Some("true");
-        let msg;
-        if nodeann::unschedulable(&node) && !ours {
-            annotate(
-                self.client(),
-                &self.opts.node,
-                &[(nodeann::CORDONED_BY_AGENT, Some("false".into()))],
-            )
-            .await?;
-            msg = "node was already cordoned by someone else: it stays cordoned after the run";
-        } else {
-            let api: Api<Node> = Api::all(self.client().clone());
-            api.patch(
-                &self.opts.node,
-                &PatchParams::default(),
-                &Patch::Merge(&serde_json::json!({
-                    "metadata": {"annotations": {nodeann::CORDONED_BY_AGENT: "true"}},
-                    "spec": {"unschedulable": true}
-                })),
-            )
-            .await?;
-            msg = "cordoned";
-        }
+        let msg = loop {
+            let node = self.fresh_node().await?;
+            if nodeann::step_of(&node) != step {
+                return Err(Stop::SlotLost);
+            }
+            let ours = annotation(&node, nodeann::CORDONED_BY_AGENT) == Some("true");
+            let (patch, msg) = if nodeann::unschedulable(&node) && !ours {
+                (
+                    serde_json::json!({"metadata": {"annotations": {nodeann::CORDONED_BY_AGENT: "false"}}}),
+                    "node was already cordoned by someone else: it stays cordoned after the run",
+                )
+            } else {
+                (
+                    serde_json::json!({
+                        "metadata": {"annotations": {nodeann::CORDONED_BY_AGENT: "true"}},
+                        "spec": {"unschedulable": true}
+                    }),
+                    "cordoned",
+                )
+            };
+            if self.patch_node_if_unchanged(&node, patch).await? {
+                break msg;
+            }
+        };
         self.record(next, &[], msg).await?;
         Ok(next)
     }

@@ -43,12 +43,53 @@ pub fn parse_apply_report(stdout: &str) -> anyhow::Result<ApplyReport> {
     }
 }
 
+/// What `bootpatch check` said, by its exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Exit code 0: nothing to install.
+    UpToDate,
+    /// Exit code 100: patches are available.
+    Pending,
+    /// Any other exit code: bootpatch's failure, with what it printed.
+    Failed { exit_code: i32, message: String },
+}
+
+impl Check {
+    /// From `bootpatch check`'s exit code and standard error.
+    pub fn from_exit(code: i32, stderr: &str) -> Check {
+        use bootpatch::error::exit;
+        match code {
+            exit::OK => Check::UpToDate,
+            exit::PATCHES_AVAILABLE => Check::Pending,
+            c => Check::Failed {
+                exit_code: c,
+                message: format!(
+                    "bootpatch check failed with exit code {c} ({}): {}",
+                    exit_code_label(c),
+                    crate::kube_util::tail_chars(stderr.trim(), 500)
+                ),
+            },
+        }
+    }
+
+    /// A failure in the sources or the configuration, which an apply would meet too: the
+    /// sources unreachable, a signature that does not verify, a bad config.
+    pub fn fails_the_apply_too(&self) -> bool {
+        use bootpatch::error::exit;
+        matches!(self, Check::Failed { exit_code, .. }
+            if [exit::MIRROR_UNREACHABLE, exit::VERIFICATION, exit::CONFIG].contains(exit_code))
+    }
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Host actions. Implementations must be idempotent enough to be repeated after a crash.
 pub trait HostActions: Send + Sync {
     /// Runs `bootpatch apply` without letting it reboot (the agent reboots, after recording).
     fn apply(&self) -> BoxFuture<'_, anyhow::Result<ApplyReport>>;
+    /// Runs `bootpatch check`: whether anything would be installed, or how the check failed.
+    /// An `Err` means the check could not be run at all.
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<Check>>;
     /// Asks the host to reboot. May return before the reboot happens.
     fn reboot(&self) -> BoxFuture<'_, anyhow::Result<()>>;
     /// This boot's id (changes with every boot).
@@ -64,6 +105,9 @@ pub trait HostActions: Send + Sync {
 
 /// The transient unit `bootpatch apply` runs as on the host.
 pub const UNIT: &str = "bootpatch-apply";
+/// The transient unit `bootpatch check` runs as on the host (apt's index refresh then runs in
+/// the host's cgroup tree, not under the pod's memory limit).
+pub const CHECK_UNIT: &str = "bootpatch-check";
 /// Where (on the host) bootpatch leaves its run's record ([`ApplyRecord`]).
 pub const REPORT_FILE: &str = "/run/bootpatch/apply-report.json";
 /// The run id of a run the agent started and has not read the end of yet (on the host).
@@ -172,7 +216,7 @@ impl RealHost {
     }
 
     /// The host root is mounted and bootpatch is installed there: errors name the path.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check_layout(&self) -> anyhow::Result<()> {
         if !self.root.is_dir() {
             anyhow::bail!(
                 "the host root {} does not exist: mount the host's / there (hostPath /, as the DaemonSet manifest does) or pass --host-root",
@@ -297,7 +341,7 @@ impl RealHost {
     }
 
     async fn apply_now(&self) -> anyhow::Result<ApplyReport> {
-        self.check()?;
+        self.check_layout()?;
         let unit = self.unit_state().await?;
         if unit.running() {
             // A run started by an agent that is gone (pod deleted, evicted, OOM-killed,
@@ -366,6 +410,31 @@ impl RealHost {
 impl HostActions for RealHost {
     fn apply(&self) -> BoxFuture<'_, anyhow::Result<ApplyReport>> {
         Box::pin(self.apply_now())
+    }
+
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<Check>> {
+        Box::pin(async move {
+            self.check_layout()?;
+            let argv = [
+                "systemd-run",
+                "--unit",
+                CHECK_UNIT,
+                "--wait",
+                "--pipe",
+                "--collect",
+                "--quiet",
+                "--service-type=exec",
+                "-p",
+                "Description=bootpatch check, started by the bootpatch-updater agent",
+                "--",
+                self.bootpatch.as_str(),
+                "check",
+            ];
+            // `systemd-run --wait` exits with the unit's own exit code; `--pipe` hands back what
+            // bootpatch printed (its error, on failure).
+            let (code, _out, err) = self.host_run(&argv).await?;
+            Ok(Check::from_exit(code, &err))
+        })
     }
 
     fn reboot(&self) -> BoxFuture<'_, anyhow::Result<()>> {
@@ -485,7 +554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("host");
         let e = RealHost::new(&missing, "/usr/local/sbin/bootpatch")
-            .check()
+            .check_layout()
             .unwrap_err()
             .to_string();
         assert!(
@@ -496,7 +565,7 @@ mod tests {
             "{e}"
         );
         let e = RealHost::new(dir.path(), "/usr/local/sbin/bootpatch")
-            .check()
+            .check_layout()
             .unwrap_err()
             .to_string();
         assert!(
@@ -508,8 +577,29 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("usr/local/sbin")).unwrap();
         std::fs::write(dir.path().join("usr/local/sbin/bootpatch"), "").unwrap();
         RealHost::new(dir.path(), "/usr/local/sbin/bootpatch")
-            .check()
+            .check_layout()
             .unwrap();
+    }
+
+    #[test]
+    fn bootpatch_checks_exit_code_says_what_is_pending() {
+        assert_eq!(Check::from_exit(0, ""), Check::UpToDate);
+        assert_eq!(Check::from_exit(100, ""), Check::Pending);
+        let unreachable = Check::from_exit(5, "E: Failed to fetch InRelease\n");
+        match &unreachable {
+            Check::Failed {
+                exit_code: 5,
+                message,
+            } => assert!(
+                message.contains("exit code 5 (mirror-unreachable)")
+                    && message.ends_with("Failed to fetch InRelease"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(unreachable.fails_the_apply_too());
+        assert!(!Check::from_exit(4, "lock").fails_the_apply_too());
+        assert!(!Check::Pending.fails_the_apply_too());
     }
 
     #[test]

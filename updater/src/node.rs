@@ -23,6 +23,10 @@ pub const LAST_RUN_START: &str = "ospatch.bootpatch.io/last-run-start";
 pub const LAST_RESULT: &str = "ospatch.bootpatch.io/last-result";
 pub const LAST_MESSAGE: &str = "ospatch.bootpatch.io/last-message";
 pub const PATCH_REQUESTED: &str = "ospatch.bootpatch.io/patch-requested";
+/// The `patch-requested` value the node's last run started from. A request is served when
+/// this mark equals it: the two strings are compared, not the times, so a client whose clock
+/// differs from the node's (a laptop running `kubectl ospatch now`) is never ignored.
+pub const REQUEST_SERVED: &str = "ospatch.bootpatch.io/request-served";
 pub const BOOT_ID: &str = "ospatch.bootpatch.io/boot-id";
 pub const FIRST_BOOT_RESULT: &str = "ospatch.bootpatch.io/first-boot-result";
 pub const WORKLOADS_MOVED: &str = "ospatch.bootpatch.io/workloads-moved";
@@ -70,7 +74,15 @@ pub fn record_of(node: &Node) -> NodeRecord {
         last_applied_patch_time: time_at(node, LAST_APPLIED_PATCH_TIME),
         last_run_start: time_at(node, LAST_RUN_START),
         patch_requested: time_at(node, PATCH_REQUESTED),
+        request_served: annotation(node, REQUEST_SERVED)
+            .map(|served| Some(served) == annotation(node, PATCH_REQUESTED)),
     }
+}
+
+/// The `request-served` mark a run that starts from this node records: its request as it
+/// stands (none when there is none).
+pub fn served_mark(node: &Node) -> Option<String> {
+    annotation(node, PATCH_REQUESTED).map(str::to_string)
 }
 
 pub fn unschedulable(node: &Node) -> bool {
@@ -109,6 +121,10 @@ pub enum Takeover {
     Stale,
     /// The holder overran its step's deadline: take the slot, mark the holder failed.
     Abandoned(String),
+    /// The holder overran its deadline at `slot-held`, before it cordoned: nothing was done to
+    /// the node, so nothing needs a human. Take the slot and send the holder back to idle; its
+    /// run starts again when its agent is back.
+    Reclaimed(String),
 }
 
 /// Decides on an expired slot from its holder Node's own state: its step and the step's
@@ -144,11 +160,16 @@ pub fn takeover(
         (Some(_), Some(_)) => ", same boot",
         _ => "",
     };
-    Takeover::Abandoned(format!(
+    let why = format!(
         "at step {step} since {}, past its deadline {} ({ready}{boot}), and its agent did not renew the slot",
         since.map_or_else(|| "?".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    ))
+    );
+    if step == Step::SlotHeld {
+        Takeover::Reclaimed(why)
+    } else {
+        Takeover::Abandoned(why)
+    }
 }
 
 /// Why in-place patching is refused on this node, if it is.
@@ -169,6 +190,13 @@ pub fn refusal(node: &Node, imported_cluster: bool) -> Option<String> {
 
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The stamp for `last-run-start`. It is compared with `patch-requested`, which the plugin
+/// writes in milliseconds, so it keeps them: a run started in the same second as the request,
+/// written in whole seconds, would read as older than the request and run the node again.
+pub fn run_start_stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Merge-patches annotations on a node (`None` removes a key).
@@ -259,6 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn a_run_started_in_the_requests_second_serves_the_request() {
+        let req = DateTime::parse_from_rfc3339("2026-12-03T07:22:10.403Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let started = req + chrono::Duration::milliseconds(300);
+        let mut n = node(&[]);
+        n.metadata.annotations = Some(BTreeMap::from([
+            (
+                PATCH_REQUESTED.to_string(),
+                "2026-12-03T07:22:10.403Z".to_string(),
+            ),
+            (LAST_RUN_START.to_string(), run_start_stamp(started)),
+        ]));
+        let policy = crate::policy::PatchPolicy::default();
+        let due = crate::policy::due(&policy, &record_of(&n), started);
+        assert!(
+            !matches!(due, crate::policy::Due::Now(_)),
+            "the request was served by the run that started after it: {due:?}"
+        );
+    }
+
+    #[test]
     fn managed_pools_and_imported_clusters_are_refused() {
         assert!(refusal(&node(&[]), false).is_none());
         let m = refusal(&node(&[("eks.amazonaws.com/nodegroup", "ng-1")]), false).unwrap();
@@ -317,6 +367,17 @@ mod tests {
             takeover(Some(&n), "ospatch-slot-0", now, d),
             Takeover::Abandoned(_)
         ));
+        // Gone before it cordoned: reclaimed, not abandoned (nothing for a human to undo).
+        let n = holder(&[
+            (STEP, "slot-held"),
+            (STEP_SINCE, "2026-01-01T00:00:00Z"),
+            (STEP_DEADLINE, "2026-01-01T00:05:00Z"),
+            (SLOT, "ospatch-slot-0"),
+        ]);
+        match takeover(Some(&n), "ospatch-slot-0", now, d) {
+            Takeover::Reclaimed(m) => assert!(m.contains("slot-held"), "{m}"),
+            other => panic!("{other:?}"),
+        }
         // Finished, in another slot, or gone: a stale Lease, nobody to blame.
         let idle = holder(&[(STEP, "idle")]);
         assert_eq!(

@@ -438,18 +438,27 @@ pub struct NodeRecord {
     pub last_applied_patch_time: Option<DateTime<Utc>>,
     pub last_run_start: Option<DateTime<Utc>>,
     pub patch_requested: Option<DateTime<Utc>>,
+    /// Whether a run started from the request as it stands now (`request-served`); `None`
+    /// when no run recorded one (an older agent), where the times are compared instead.
+    pub request_served: Option<bool>,
 }
 
-/// Decides whether a node is due: an on-demand request (node annotation newer than its last
-/// run, or `onDemandPatchAfter` newer than its last patch and its last run), or a schedule
+/// Decides whether a node is due: an on-demand request (a node annotation no run has started
+/// from, or, on a node without that mark, one newer than its last run; or
+/// `onDemandPatchAfter` newer than its last patch and its last run), or a schedule
 /// occurrence since its last patch and last run. Windows and pause are the caller's.
 pub fn due(policy: &PatchPolicy, rec: &NodeRecord, now: DateTime<Utc>) -> Due {
     let last_run = rec.last_run_start;
-    // Requests and cut-offs still in the future (a client clock ahead, a cut-off set for
-    // later) are times to wake at, like the next schedule occurrence.
+    // Requests and cut-offs still in the future (a client clock ahead, on a node without the
+    // served mark; a cut-off set for later) are times to wake at, like the next schedule
+    // occurrence.
     let mut wake: Vec<DateTime<Utc>> = Vec::new();
     if let Some(req) = rec.patch_requested {
-        if last_run.is_none_or(|r| r < req) {
+        if rec.request_served == Some(false) {
+            // A request no run has started from: now, whatever the client's clock said.
+            return Due::Now("on-demand");
+        }
+        if rec.request_served.is_none() && last_run.is_none_or(|r| r < req) {
             if req <= now {
                 return Due::Now("on-demand");
             }

@@ -1,6 +1,7 @@
 //! A SIMULATED host, a stand-in for tests and the fleet benchmark (named as simulated wherever
 //! it is used; nothing here touches a real host). What each node does comes from a
-//! [`Behaviour`] the test chooses, per node ([`Behaviours`]): how long `bootpatch apply` takes
+//! [`Behaviour`] the test chooses, per node ([`Behaviours`]): how long `bootpatch check` and
+//! `bootpatch apply` take
 //! and what it ends with (patched, nothing to do, or a bootpatch failure by its exit code),
 //! whether the patch needs a reboot, how long the reboot takes, and whether the reboot kills
 //! the agent (as a real one does: [`SimulatedHost::supervise`] drops the agent when the power
@@ -12,7 +13,7 @@
 //! `/run/reboot-required`, which a reboot clears because /run is a tmpfs. The state file's
 //! `reboot_pending` is left as bootpatch leaves it: only bootpatch's next run clears it.
 
-use crate::host::{ApplyReport, BoxFuture, HostActions};
+use crate::host::{ApplyReport, BoxFuture, Check, HostActions};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,8 @@ pub enum ApplyOutcome {
 /// What one simulated node does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Behaviour {
+    /// How long `bootpatch check` takes (an index refresh, before any slot is taken).
+    pub check_duration: Duration,
     pub apply_duration: Duration,
     pub outcome: ApplyOutcome,
     /// Whether a patch that upgraded something needs a reboot.
@@ -57,6 +60,7 @@ impl Behaviour {
         version_after: &str,
     ) -> Self {
         Self {
+            check_duration: apply / 10,
             apply_duration: apply,
             outcome: ApplyOutcome::Patched,
             reboot_required: true,
@@ -109,6 +113,8 @@ pub struct SimulatedHost {
     power: Arc<tokio::sync::watch::Sender<bool>>,
     /// `/run/reboot-required` (a tmpfs file: gone after a reboot).
     run_flag: Arc<AtomicBool>,
+    /// `bootpatch check` runs (one at the start of every run the agent considers).
+    pub checks: AtomicU64,
     pub applies: AtomicU64,
     pub reboots: AtomicU64,
     /// Agents started by [`SimulatedHost::supervise`] (1 + restarts after reboots).
@@ -150,6 +156,7 @@ impl SimulatedHost {
             rebooting: Arc::new(AtomicBool::new(false)),
             power: Arc::new(tokio::sync::watch::channel(true).0),
             run_flag: Arc::new(AtomicBool::new(false)),
+            checks: AtomicU64::new(0),
             applies: AtomicU64::new(0),
             reboots: AtomicU64::new(0),
             agent_starts: AtomicU64::new(0),
@@ -281,6 +288,35 @@ impl HostActions for SimulatedHost {
                 rebooted: false,
                 reboot_pending_reason: None,
                 notes: vec![],
+            })
+        })
+    }
+
+    /// As bootpatch's check would: a node already at the behaviour's new version has nothing
+    /// to install; a failure of the sources (unreachable, bad signature, bad config) fails the
+    /// check as it fails the apply; other failures show only when installing.
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<Check>> {
+        Box::pin(async move {
+            let b = self.behaviour();
+            tokio::time::sleep(b.check_duration).await;
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            Ok(match b.outcome {
+                ApplyOutcome::UpToDate => Check::UpToDate,
+                ApplyOutcome::Patched
+                    if self.lock_state().patched_version.as_deref()
+                        == Some(b.version_after.as_str()) =>
+                {
+                    Check::UpToDate
+                }
+                ApplyOutcome::Fails { exit_code } => {
+                    let c = Check::from_exit(exit_code, "simulated failure");
+                    if c.fails_the_apply_too() {
+                        c
+                    } else {
+                        Check::Pending
+                    }
+                }
+                ApplyOutcome::Patched | ApplyOutcome::Hangs => Check::Pending,
             })
         })
     }

@@ -7,6 +7,7 @@
 
 mod common;
 
+use chrono::SubsecRound;
 use common::Cluster;
 use kube_testserver::fixtures;
 use kube_testserver::resources::{CONFIGMAPS, EVENTS, LEASES, NODES, PODS};
@@ -83,6 +84,8 @@ impl Fleet {
     fn with_behaviours(n: usize, drain_json: &str, patch: Value, table: Behaviours) -> Self {
         let c = Arc::new(Cluster::start_with(Options {
             pod_start_delay: Duration::from_millis(200),
+            // The agents must not take their watch cache for a read of their own writes.
+            watch_latency: Duration::from_millis(100),
             ..Options::default()
         }));
         c.server
@@ -261,15 +264,18 @@ fn nodes_of(s: &Store) -> Vec<Value> {
         .collect()
 }
 
-fn all_results(s: &Store, nodes: &[String], result: &str) -> bool {
+/// Whether every one of `nodes` is idle, and `also` holds for it.
+fn all_idle_and(s: &Store, nodes: &[String], also: impl Fn(&Value) -> bool) -> bool {
     let all = nodes_of(s);
     nodes.iter().all(|n| {
         all.iter().any(|o| {
-            util::str_at(o, "metadata.name") == n
-                && annotation(o, ann::LAST_RESULT) == result
-                && annotation(o, ann::STEP) == "idle"
+            util::str_at(o, "metadata.name") == n && annotation(o, ann::STEP) == "idle" && also(o)
         })
     })
+}
+
+fn all_results(s: &Store, nodes: &[String], result: &str) -> bool {
+    all_idle_and(s, nodes, |o| annotation(o, ann::LAST_RESULT) == result)
 }
 
 fn held_leases(s: &Store) -> usize {
@@ -442,9 +448,11 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
         );
         assert!(annotation(&node, ann::WORKLOADS_MOVED).starts_with('['));
     }
-    f.c.server.with_store(|s| {
-        assert_eq!(held_leases(s), 0);
-        for r in [
+    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+    // Each step's Event is posted just after its annotation is written: the last node's
+    // OSPatchIdle may still be on its way when the wait above sees the annotation.
+    f.wait("an event of every step for every node", 10, |s| {
+        [
             "OSPatchSlotHeld",
             "OSPatchCordoned",
             "OSPatchDrained",
@@ -453,9 +461,9 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
             "OSPatchUncordoned",
             "OSPatchIdle",
             "OSPatchFirstBoot",
-        ] {
-            assert!(events_with_reason(s, r).len() >= 3, "events {r}");
-        }
+        ]
+        .iter()
+        .all(|r| events_with_reason(s, r).len() >= 3)
     });
     let o = f.ospatch(&["status"]);
     assert!(
@@ -495,8 +503,14 @@ fn twenty_nodes_scheduled_run_respects_concurrency_pdb_and_an_admin_cordon() {
     let mon = Monitor::start(&f.c, "web");
     let o = f.ospatch(&["resume"]);
     assert_eq!(o.code, 0, "{o:?}");
+    // The schedule fires every minute: on a loaded machine a node patched in the first
+    // minute runs again in the next, finds nothing and records `up-to-date`. Being on the
+    // new version and idle is what "patched on schedule" means here.
     f.wait("all 20 patched on schedule", 240, |s| {
-        all_results(s, &nodes, "success")
+        all_idle_and(s, &nodes, |o| {
+            annotation(o, ann::PATCHED_VERSION) == AFTER
+                && ["success", "up-to-date"].contains(&annotation(o, ann::LAST_RESULT).as_str())
+        })
     });
     let (held, cordoned, min_ready) = mon.finish();
     assert!(held <= 5, "more than 25% of 20 slots held: {held}");
@@ -715,6 +729,52 @@ fn a_node_that_never_returns_is_taken_over_left_cordoned_and_marked_failed() {
     );
     f.c.server
         .with_store(|s| assert!(!events_with_reason(s, "OSPatchFailed").is_empty()));
+}
+
+#[test]
+fn an_agent_gone_before_it_cordoned_is_sent_back_to_idle_not_failed() {
+    let mut f = Fleet::new(2, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    seed_workloads(&f, 2);
+    let mut o = fast_opts("node-1");
+    o.freeze_after_step = Some(Step::SlotHeld);
+    f.start_with("node-1", o);
+    assert_eq!(f.ospatch(&["now"]).code, 0);
+    f.wait("node-1 slot-held", 30, |s| {
+        nodes_of(s).iter().any(|n| {
+            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "slot-held"
+        })
+    });
+    // Its agent is gone after taking the slot and before cordoning.
+    f.kill("node-1");
+    let (stop, t) = watch_overlap(&f.c, "node-1", "node-2");
+    let monitor = Monitor::start(&f.c, "web");
+    f.start("node-2");
+    let node2 = vec!["node-2".to_string()];
+    f.wait("node-2 patched", 90, |s| all_results(s, &node2, "success"));
+    let n1 = f.node("node-1");
+    assert_eq!(annotation(&n1, ann::STEP), "idle");
+    assert!(!unschedulable(&n1), "node-1 was never cordoned");
+    let msg = annotation(&n1, ann::LAST_MESSAGE);
+    assert!(
+        msg.contains("taken over by node-2") && msg.contains("nothing was done"),
+        "{msg}"
+    );
+    f.c.server.with_store(|s| {
+        assert_eq!(events_with_reason(s, "OSPatchSlotReclaimed").len(), 1);
+        assert!(events_with_reason(s, "OSPatchFailed").is_empty());
+    });
+    // Back, its run starts again and finishes.
+    f.start("node-1");
+    let node1 = vec!["node-1".to_string()];
+    f.wait("node-1 patched once back", 60, |s| {
+        all_results(s, &node1, "success")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (_, a_failed) = t.join().unwrap();
+    assert!(!a_failed, "node-1 was marked failed");
+    let (max_held, max_cordoned, _) = monitor.finish();
+    assert_eq!((max_held, max_cordoned), (1, 1));
+    assert_eq!(f.ann("node-1", ann::PATCHED_VERSION), AFTER);
 }
 
 #[test]
@@ -946,15 +1006,20 @@ fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window_and_wake
             .unwrap();
     };
     let runs_since = |t: chrono::DateTime<chrono::Utc>| {
-        let t = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // Whole seconds: the run may start in the same second as `t`.
+        let t = t.trunc_subsecs(0);
         move |s: &Store| {
             nodes_of(s).iter().all(|o| {
-                annotation(o, ann::LAST_RUN_START) >= t
-                    && annotation(o, ann::LAST_RESULT) == "success"
+                chrono::DateTime::parse_from_rfc3339(&annotation(o, ann::LAST_RUN_START))
+                    .is_ok_and(|r| r >= t)
+                    && annotation(o, ann::LAST_RESULT) == "up-to-date"
                     && annotation(o, ann::STEP) == "idle"
             })
         }
     };
+    // Every later run starts with `bootpatch check` and, the nodes being patched already, ends
+    // there ("up-to-date"): a run is counted by its check.
+    let runs = |n: &String| f.hosts[n].checks.load(Ordering::SeqCst);
     // A cut-off a few seconds ahead, the window open: nothing else happens, yet every node
     // runs once the cut-off has passed, not before.
     let ahead = chrono::Utc::now() + chrono::Duration::seconds(3);
@@ -966,12 +1031,7 @@ fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window_and_wake
         "onDemandPatchAfter": ahead.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "maintenanceWindows": open}));
     std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        nodes
-            .iter()
-            .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1),
-        "ran before the cut-off"
-    );
+    assert!(nodes.iter().all(|n| runs(n) == 1), "ran before the cut-off");
     f.wait(
         "a run once the future cut-off passed",
         30,
@@ -996,18 +1056,14 @@ fn on_demand_patch_after_patches_each_stale_node_once_inside_its_window_and_wake
         json!({"maxConcurrency": "2", "onDemandPatchAfter": later, "maintenanceWindows": window}),
     );
     while chrono::Utc::now() + chrono::Duration::milliseconds(500) < opens {
-        assert!(
-            nodes
-                .iter()
-                .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 2),
-            "ran outside its window"
-        );
+        assert!(nodes.iter().all(|n| runs(n) == 2), "ran outside its window");
         std::thread::sleep(Duration::from_millis(100));
     }
     f.wait("a run once the window opened", 30, runs_since(opens));
+    assert!(nodes.iter().all(|n| runs(n) == 3));
     assert!(nodes
         .iter()
-        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 3));
+        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1));
     assert!(nodes.iter().all(|n| !unschedulable(&f.node(n))));
 }
 
@@ -1267,32 +1323,61 @@ fn apply_outcomes_from_the_behaviour_table() {
     f.start_all();
     assert_eq!(f.ospatch(&["now"]).code, 0);
     let nodes = f.nodes.clone();
+    // (A node whose run ended before the slot never had a step: none is idle.)
     f.wait("every run over", 60, |s| {
         nodes_of(s).iter().all(|o| {
-            annotation(o, ann::STEP) == "idle" && !annotation(o, ann::LAST_RESULT).is_empty()
+            matches!(annotation(o, ann::STEP).as_str(), "idle" | "")
+                && !annotation(o, ann::LAST_RESULT).is_empty()
         })
     });
-    for (n, label) in [("node-1", "mirror-unreachable"), ("node-2", "package")] {
+    // node-1's sources are unreachable: `bootpatch check` fails as the apply would, and the
+    // run ends there. node-2's package fails only when installed: the whole cycle runs.
+    for (n, label, applies) in [
+        ("node-1", "mirror-unreachable", 0),
+        ("node-2", "package", 1),
+    ] {
         let node = f.node(n);
         assert_eq!(annotation(&node, ann::LAST_RESULT), "patch-failed", "{n}");
         let msg = annotation(&node, ann::LAST_MESSAGE);
         assert!(msg.contains(label), "{n}: {msg}");
         assert!(!unschedulable(&node), "{n} left cordoned");
         assert_eq!(annotation(&node, ann::PATCHED_VERSION), BEFORE, "{n}");
+        assert_eq!(f.hosts[n].applies.load(Ordering::SeqCst), applies, "{n}");
     }
-    let expect = [("node-3", BEFORE), ("node-4", AFTER)];
-    for (n, version) in expect {
+    // node-3 has nothing to install: `bootpatch check` says so before any slot, and the run
+    // ends there, never cordoned, drained or applied.
+    let expect = [
+        ("node-3", "up-to-date", BEFORE, 0),
+        ("node-4", "success", AFTER, 1),
+    ];
+    for (n, result, version, applies) in expect {
         let node = f.node(n);
-        assert_eq!(annotation(&node, ann::LAST_RESULT), "success", "{n}");
+        assert_eq!(annotation(&node, ann::LAST_RESULT), result, "{n}");
         assert_eq!(annotation(&node, ann::PATCHED_VERSION), version, "{n}");
-        assert_eq!(annotation(&node, ann::REBOOT_REQUIRED), "false", "{n}");
         assert_eq!(f.hosts[n].reboots.load(Ordering::SeqCst), 0, "{n} rebooted");
+        assert_eq!(f.hosts[n].applies.load(Ordering::SeqCst), applies, "{n}");
         assert!(!unschedulable(&node), "{n} left cordoned");
     }
+    assert_eq!(f.ann("node-4", ann::REBOOT_REQUIRED), "false");
+    assert!(
+        f.ann("node-3", ann::LAST_MESSAGE)
+            .contains("nothing to install, no reboot required; the node was not cordoned"),
+        "{}",
+        f.ann("node-3", ann::LAST_MESSAGE)
+    );
+    f.c.server.with_store(|s| {
+        let cordoned: Vec<String> = events_with_reason(s, "OSPatchCordoned")
+            .iter()
+            .map(|e| util::str_at(e, "involvedObject.name").to_string())
+            .collect();
+        let mut cordoned = cordoned;
+        cordoned.sort();
+        assert_eq!(cordoned, ["node-2", "node-4"]);
+        assert_eq!(held_leases(s), 0);
+    });
     assert!(nodes
         .iter()
-        .all(|n| f.hosts[n].applies.load(Ordering::SeqCst) == 1));
-    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+        .all(|n| f.hosts[n].checks.load(Ordering::SeqCst) == 1));
 }
 
 #[test]

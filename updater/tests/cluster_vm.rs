@@ -531,11 +531,14 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     let disk = d.join("node.qcow2");
     vm::overlay(&raw, &disk);
     let serial = d.join("serial.log");
+    // The only guest of its test binary: both virtual CPUs (a lone guest boots faster so).
     let forward = vec![
         "--forward".to_string(),
         format!("{API_PORT}:{}", c.server.addr().port()),
         "--forward".to_string(),
         format!("{REPO_PORT}:{}", http.port),
+        "--cpus".to_string(),
+        "2".to_string(),
     ];
     let samples = Arc::new(Mutex::new(Vec::new()));
     {
@@ -664,6 +667,13 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     );
     offered.push(daemon("2.0", &debs, false));
     offered.push(rebooter("2.0", &debs));
+    // A newer point release too, so the Patched Version moves with this run.
+    let (base_files, _, point) = bootpatch_e2e::fixtures::point_release_n(
+        &vm::cached_deb(&image.cache, "base-files"),
+        &debs,
+        100,
+    );
+    offered.push(base_files);
     repo::build(&repo_dir, "bookworm-updates", &offered, Some(&key));
     let before_boot = run.boot_id();
     let con_mark = run.console().len();
@@ -741,10 +751,18 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
             .map(|(_, t)| *t)
             .unwrap()
     };
+    // The slot is taken once `bootpatch check` has found patches (slot-held may pass between
+    // two samples: then the cordon is the first step seen).
+    let took = steps
+        .iter()
+        .find(|(x, _)| x == "slot-held" || x == "cordoned")
+        .map(|(_, t)| *t)
+        .unwrap();
     eprintln!(
-        "cluster_vm: ospatch now -> uncordoned {:.1} s: to drained (patching) {:.1}, apply {:.1}, reboot+Ready {:.1}, uncordon {:.1}",
+        "cluster_vm: ospatch now -> uncordoned {:.1} s: check {:.1}, slot+cordon+drain {:.1}, apply {:.1}, reboot+Ready {:.1}, uncordon {:.1}",
         (done - asked).as_secs_f64(),
-        (at("patching") - asked).as_secs_f64(),
+        (took - asked).as_secs_f64(),
+        (at("patching") - took).as_secs_f64(),
         (at("rebooting") - at("patching")).as_secs_f64(),
         (at("uncordoned") - at("rebooting")).as_secs_f64(),
         (done - at("uncordoned")).as_secs_f64(),
@@ -785,6 +803,7 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         .unwrap_or_else(|| panic!("{st:?}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[1], point, "Patched Version: {row}");
+    assert_eq!(run.ann(NODE, ann::PATCHED_VERSION), point, "{row}");
     let applied = chrono::DateTime::parse_from_rfc3339(cols[2])
         .unwrap_or_else(|e| panic!("Last Applied Patch Time {row}: {e}"));
     assert!(
@@ -811,10 +830,22 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     run.wait("the scheduled run to end", 300, |r| {
         r.ann(NODE, ann::LAST_RUN_START) != start_before && r.ann(NODE, ann::STEP) == "idle"
     });
-    run.assert_last(NODE, "success", Some("bootpatch: up-to-date"));
+    // `bootpatch check` in the guest finds nothing: the run ends before the slot, without a
+    // cordon or a drain (the sampler would have seen either).
+    run.assert_last(
+        NODE,
+        "up-to-date",
+        Some("scheduled patch run: bootpatch check: nothing to install, no reboot required; the node was not cordoned or drained"),
+    );
     assert_eq!(run.boot_id(), booted, "a run with nothing to do rebooted");
-    let drained = run.samples_since(sched_from).iter().any(|x| x.vm_cordoned);
-    eprintln!("cluster_vm: the scheduled run with nothing pending cordoned the node: {drained}");
+    let seen = run.samples_since(sched_from);
+    assert!(
+        !seen
+            .iter()
+            .any(|x| x.vm_cordoned || x.holders.iter().any(|(_, h)| h == NODE)),
+        "the scheduled run with nothing pending took a slot or cordoned\n{}",
+        run.tails()
+    );
     merge(
         &c,
         &CONFIGMAPS,
@@ -858,8 +889,11 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     assert!(audit.trim_end().ends_with("[]"), "dpkg --audit: {audit}");
     run.phase("agent killed mid-apply");
 
-    // 6. The repository down: the run ends mirror-unreachable, uncordoned, slot released.
+    // 6. The repository down: `bootpatch check` fails mirror-unreachable after bootpatch's
+    // deadline, and the run ends there: never cordoned, no slot taken (the apply would fail
+    // the same way; draining for it would move the workloads for nothing).
     http.down();
+    let down_from = t0.elapsed();
     let start_before = run.ann(NODE, ann::LAST_RUN_START);
     let o = run.ospatch(&["-n", NS, "now", NODE]);
     assert_eq!(o.code, 0, "{o:?}");
@@ -867,24 +901,57 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         r.ann(NODE, ann::LAST_RUN_START) != start_before && r.ann(NODE, ann::STEP) == "idle"
     });
     run.assert_last(NODE, "patch-failed", None);
+    let msg = run.ann(NODE, ann::LAST_MESSAGE);
     assert!(
-        run.ann(NODE, ann::LAST_MESSAGE)
-            .contains("mirror-unreachable"),
-        "{}",
+        msg.contains("bootpatch check failed with exit code 5 (mirror-unreachable)")
+            && msg.ends_with("the node was not cordoned or drained"),
+        "{msg}\n{}",
         run.tails()
     );
     let n = c.server.get(&NODES, "", NODE).unwrap();
     assert_ne!(n["spec"]["unschedulable"], true, "left cordoned");
     assert!(
-        sample(&c, t0).holders.iter().all(|(_, h)| h != NODE),
-        "the slot was not released"
+        !run.samples_since(down_from)
+            .iter()
+            .any(|x| x.vm_cordoned || x.holders.iter().any(|(_, h)| h == NODE)),
+        "the run with the repository down took a slot or cordoned\n{}",
+        run.tails()
     );
     run.phase("repository down");
 
-    // The agent's resource use in the guest: the probe's samples.
-    let con = run.console();
-    let agent: Vec<(u64, u64, u64, u64)> = con
-        .lines()
+    // The agent's resource use in the guest, from the probe's samples: over the whole test,
+    // and (when CLUSTER_VM_IDLE_SECS is set: `make bench-agent-idle` sets 300) over an idle
+    // stretch at the end, with no run going on.
+    let whole = agent_samples(&run.console());
+    if let Some(line) = usage("whole test", &whole) {
+        eprintln!("cluster_vm: agent in the guest, {line}");
+    }
+    if let Some(secs) = std::env::var("CLUSTER_VM_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+    {
+        let mark = run.console().len();
+        std::thread::sleep(Duration::from_secs(secs));
+        let idle = agent_samples(&run.console()[mark..]);
+        let line = usage(&format!("idle {secs} s"), &idle)
+            .unwrap_or_else(|| panic!("no probe samples while idle\n{}", run.tails()));
+        eprintln!("cluster_vm: agent in the guest, {line}");
+        run.phase("idle");
+    }
+    for (name, took) in &run.phases {
+        eprintln!("cluster_vm: {name}: {:.1} s", took.as_secs_f64());
+    }
+    eprintln!(
+        "cluster_vm: first boot id {first_boot_id}, total {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    drop(rt);
+}
+
+/// The probe's `BPT-AGENT` samples on a console: (guest time, RSS kB, CPU ticks, ticks per s).
+fn agent_samples(con: &str) -> Vec<(u64, u64, u64, u64)> {
+    con.lines()
         .filter_map(|l| {
             let l = &l[l.find("BPT-AGENT ")? + 10..];
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -900,22 +967,24 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
                 v("hz=")?,
             ))
         })
-        .collect();
-    if let (Some(first), Some(last)) = (agent.first(), agent.last()) {
-        let max_rss = agent.iter().map(|a| a.1).max().unwrap_or(0);
-        eprintln!(
-            "cluster_vm: agent in the guest: RSS {} kB (max {max_rss} kB) over {} samples",
-            last.1,
-            agent.len()
-        );
-        let _ = first;
-    }
-    for (name, took) in &run.phases {
-        eprintln!("cluster_vm: {name}: {:.1} s", took.as_secs_f64());
-    }
-    eprintln!(
-        "cluster_vm: first boot id {first_boot_id}, total {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
-    drop(rt);
+        .collect()
+}
+
+/// RSS and CPU of one agent process over the samples: the agent restarts in this test, so
+/// only the last process's samples (CPU ticks never fall within one process) are counted.
+fn usage(what: &str, samples: &[(u64, u64, u64, u64)]) -> Option<String> {
+    let start = samples
+        .windows(2)
+        .rposition(|w| w[1].2 < w[0].2)
+        .map_or(0, |i| i + 1);
+    let s = &samples[start..];
+    let (first, last) = (s.first()?, s.last()?);
+    let wall = last.0.saturating_sub(first.0);
+    let cpu = (last.2 - first.2) as f64 / last.3.max(1) as f64;
+    let (min, max) = (s.iter().map(|a| a.1).min()?, s.iter().map(|a| a.1).max()?);
+    Some(format!(
+        "{what}: RSS {min}-{max} kB over {} samples; CPU {cpu:.2} s over {wall} s ({:.2} % of one CPU)",
+        s.len(),
+        if wall > 0 { 100.0 * cpu / wall as f64 } else { 0.0 }
+    ))
 }

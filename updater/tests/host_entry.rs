@@ -30,7 +30,7 @@ use kube_testserver::store::PatchType;
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use updater::host::{HostActions, RealHost, REPORT_FILE, STARTED_FILE};
+use updater::host::{Check, HostActions, RealHost, REPORT_FILE, STARTED_FILE};
 use updater::node as ann;
 
 const DAEMON: &str = "bootpatch-fixture-daemon";
@@ -331,6 +331,9 @@ fn under_real_systemd_the_unit_outlives_its_client_and_restarts_the_service() {
     wait_for("the daemon's first start", || {
         root.read("var/log/fixture-daemon.log") == "started 1\n"
     });
+    // `bootpatch check` as the unit bootpatch-check: real systemd-run hands back its exit
+    // code (100: patches available), which is what lets the agent skip a run with nothing.
+    assert_eq!(rt.block_on(rh.check()).unwrap(), Check::Pending);
 
     let first = {
         let rh = rh.clone();
@@ -382,6 +385,8 @@ fn under_real_systemd_the_unit_outlives_its_client_and_restarts_the_service() {
     });
     // Collected after its run.
     assert!(!rt.block_on(rh.unit_state()).unwrap().running());
+    // Patched: the check now exits 0.
+    assert_eq!(rt.block_on(rh.check()).unwrap(), Check::UpToDate);
 }
 
 #[test]

@@ -219,6 +219,7 @@ fn rbac_rules_are_exactly_what_the_agents_use() {
     )
     .unwrap();
     let mut handles = Vec::new();
+    let mut hosts = Vec::new();
     for n in ["node-1", "node-2"] {
         let mut o = AgentOptions::new(n);
         o.lease_duration = Duration::from_secs(3);
@@ -233,7 +234,9 @@ fn rbac_rules_are_exactly_what_the_agents_use() {
         .with_reboot_hook(Arc::new(move |node, d| {
             cc.server.simulate_node_reboot(node, d);
         }));
-        handles.push(rt.spawn(Agent::new(o, kube.clone(), Arc::new(host)).run()));
+        let host = Arc::new(host);
+        hosts.push(host.clone());
+        handles.push(rt.spawn(Agent::new(o, kube.clone(), host).run()));
     }
     let done = |result_count: usize| {
         c.server.wait_until(Duration::from_secs(60), |s| {
@@ -291,6 +294,13 @@ fn rbac_rules_are_exactly_what_the_agents_use() {
                 )
             })
             .unwrap();
+    }
+    // A newer point release, so that `bootpatch check` finds something and the nodes drain.
+    for h in &hosts {
+        h.change(|b| {
+            b.version_before = "12.11".into();
+            b.version_after = "12.12".into();
+        });
     }
     std::thread::sleep(Duration::from_millis(1100));
     request("node-1");

@@ -86,7 +86,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let client = kube.client.clone();
     let node = args.node.clone();
-    if let Err(e) = host.check() {
+    if let Err(e) = host.check_layout() {
         let msg = format!("{e:#}");
         if let Err(e2) = updater::agent::record_startup_error(&client, &node, &msg).await {
             tracing::warn!(error = %format!("{e2:#}"), "recording the error on the node");
