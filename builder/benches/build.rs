@@ -4,13 +4,16 @@
 //!
 //! 1. the floor: `mmdebstrap` of the same package set (same invocation the
 //!    builder uses) + `mkfs.ext4 -d` into a sparse file of the same size;
-//! 2. the whole build of the spec with all its formats, per phase;
+//! 2. `builder build` of the spec: raw only, all formats (per phase), and
+//!    all formats again with `--locked` from the first one's lock;
 //! 3. on the built sparse `disk.raw`: our SHA-256 vs `sha256sum`, our
 //!    `gcp.tar.gz` vs `tar --format=oldgnu -Sczf`, our OVA vs the
 //!    streamOptimized VMDK by `qemu-img` alone, and all formats made
 //!    concurrently.
 //!
-//! Prints a table and writes `bench.json` into the output folder.
+//! Each of 1 and 2 runs `BENCH_ROUNDS` times (default 3), in alternating
+//! order; medians are printed. Prints a table and writes `bench.json` into
+//! the output folder.
 
 use builder::progress::{Mode, Progress};
 use builder::spec::Format;
@@ -23,6 +26,11 @@ fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let t = Instant::now();
     let r = f();
     (r, t.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn sh(cmd: &mut Command) {
@@ -56,55 +64,108 @@ fn main() -> anyhow::Result<()> {
     let quiet = Progress::new(Mode::Quiet);
     let epoch = 1_767_225_600;
 
-    // 1. The floor.
-    let floor_dir = PathBuf::from("/dev/shm/bootpatch-bench-floor");
-    let _ = std::fs::remove_dir_all(&floor_dir);
     let host = builder::hostapt::read_host(Path::new("/"));
     let sources = builder::rootfs::resolve_sources(spec, &host)?;
     let cache = builder::lock::default_cache().join("debs");
-    let (r, t_mmdebstrap) = secs(|| {
-        builder::rootfs::mmdebstrap(
-            spec,
-            &sources,
-            &builder::rootfs::Origin::Network { cache: &cache },
-            // The floor is mmdebstrap as anyone would run it.
-            builder::rootfs::Tuning::default(),
-            &floor_dir,
-            epoch,
-            &quiet,
-        )
-    });
-    r?;
-    let floor_img = out.join("floor-root.ext4");
-    let _ = std::fs::remove_file(&floor_img);
-    let size_k = (spec.disk.size.0 - spec.disk.esp_size.0 - (2 << 20)) / 1024;
-    let ((), t_mkfs) = secs(|| {
-        sh(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&floor_dir)
-            .arg(&floor_img)
-            .arg(format!("{size_k}k")))
-    });
-    let _ = std::fs::remove_dir_all(&floor_dir);
-    let _ = std::fs::remove_file(&floor_img);
-    let floor = t_mmdebstrap + t_mkfs;
-
-    // 2. The whole build, all formats.
-    let build_out = out.join(&spec.name);
-    let bargs = builder::cli::BuildArgs {
-        spec: Some(spec_path.clone()),
-        out: Some(build_out.clone()),
-        formats: Some(Format::ALL.iter().map(|f| f.name().to_string()).collect()),
-        locked: false,
-        quiet: true,
-        json: false,
-        bootpatch,
-        cache: None,
-        lock: None,
-        workdir: None,
+    // 1. The floor: mmdebstrap as anyone would run it, then mkfs.ext4 -d.
+    let floor_once = || -> anyhow::Result<(f64, f64)> {
+        let floor_dir = PathBuf::from("/dev/shm/bootpatch-bench-floor");
+        let _ = std::fs::remove_dir_all(&floor_dir);
+        let (r, t_mmdebstrap) = secs(|| {
+            builder::rootfs::mmdebstrap(
+                spec,
+                &sources,
+                &builder::rootfs::Origin::Network { cache: &cache },
+                builder::rootfs::Tuning::default(),
+                &floor_dir,
+                epoch,
+                &quiet,
+            )
+        });
+        r?;
+        let floor_img = out.join("floor-root.ext4");
+        let _ = std::fs::remove_file(&floor_img);
+        let size_k = (spec.disk.size.0 - spec.disk.esp_size.0 - (2 << 20)) / 1024;
+        let ((), t_mkfs) = secs(|| {
+            sh(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(&floor_dir)
+                .arg(&floor_img)
+                .arg(format!("{size_k}k")))
+        });
+        let _ = std::fs::remove_dir_all(&floor_dir);
+        let _ = std::fs::remove_file(&floor_img);
+        Ok((t_mmdebstrap, t_mkfs))
     };
-    let (built, t_build) = secs(|| builder::build::build(&bargs, &quiet));
-    let built = built?;
+    // 2. The builder: raw only, all formats, and all formats again from the
+    // all-formats build's packages.lock (--locked, unchanged inputs).
+    let build_once = |dir: &str, formats: &[Format], lock: Option<PathBuf>| {
+        let build_out = out.join(dir);
+        let _ = std::fs::remove_dir_all(&build_out);
+        let bargs = builder::cli::BuildArgs {
+            spec: Some(spec_path.clone()),
+            out: Some(build_out),
+            formats: Some(formats.iter().map(|f| f.name().to_string()).collect()),
+            locked: lock.is_some(),
+            quiet: true,
+            json: false,
+            bootpatch: bootpatch.clone(),
+            cache: None,
+            lock,
+            workdir: None,
+        };
+        let (built, t) = secs(|| builder::build::build(&bargs, &quiet));
+        built.map(|b| (b, t))
+    };
+    let all_lock = out.join("all-lock").join(builder::lock::FILE_NAME);
+    // Rounds alternate their order, so that a slow stretch of the machine
+    // does not always land on the same contender; medians are reported.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    let (mut floors, mut raws, mut alls, mut lockeds) = (vec![], vec![], vec![], vec![]);
+    let mut built = None;
+    for round in 0..rounds {
+        let mut run = |what: &str| -> anyhow::Result<()> {
+            match what {
+                "floor" => floors.push(floor_once()?),
+                "raw" => raws.push(build_once("raw", &[Format::Raw], None)?.1),
+                "all" => {
+                    let (b, t) = build_once(&spec.name, &Format::ALL, None)?;
+                    std::fs::create_dir_all(all_lock.parent().unwrap())?;
+                    std::fs::copy(
+                        out.join(&spec.name).join(builder::lock::FILE_NAME),
+                        &all_lock,
+                    )?;
+                    alls.push(t);
+                    built = Some(b);
+                }
+                _ => lockeds.push(build_once("locked", &Format::ALL, Some(all_lock.clone()))?.1),
+            }
+            eprintln!("bench-builder: round {}: {what} done", round + 1);
+            Ok(())
+        };
+        let order: &[&str] = if round % 2 == 0 {
+            &["floor", "raw", "all", "locked"]
+        } else {
+            &["all", "locked", "raw", "floor"]
+        };
+        for what in order {
+            run(what)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(out.join("raw"));
+    let _ = std::fs::remove_dir_all(out.join("locked"));
+    let t_mmdebstrap = median(floors.iter().map(|f| f.0).collect());
+    let t_mkfs = median(floors.iter().map(|f| f.1).collect());
+    let floor = median(floors.iter().map(|f| f.0 + f.1).collect());
+    let t_raw = median(raws.clone());
+    let t_build = median(alls.clone());
+    let t_locked = median(lockeds.clone());
+    let built = built.expect("at least one round");
+    let build_out = out.join(&spec.name);
 
     // 3. Format and hashing figures on the same sparse disk.raw.
     let raw = build_out.join("disk.raw");
@@ -178,11 +239,22 @@ fn main() -> anyhow::Result<()> {
         data >> 20,
         spec.disk.size.0 >> 30
     );
-    println!("  floor: mmdebstrap {t_mmdebstrap:.1}s + mkfs.ext4 -d {t_mkfs:.1}s = {floor:.1}s");
+    println!(
+        "  floor: mmdebstrap {t_mmdebstrap:.1}s + mkfs.ext4 -d {t_mkfs:.1}s = {floor:.1}s (median of {rounds})"
+    );
+    println!(
+        "  builder build, raw only: {t_raw:.1}s = {:.2} x floor",
+        t_raw / floor
+    );
     println!(
         "  builder build (all formats): {t_build:.1}s = {:.2} x floor",
         t_build / floor
     );
+    println!(
+        "  builder build --locked (all formats, unchanged inputs): {t_locked:.1}s = {:.2} x the first",
+        t_locked / t_build
+    );
+    println!("  phases of the last all-formats build:");
     for (p, s) in &phases {
         println!("    {p:<32} {s:>6.1}s");
     }
@@ -200,8 +272,11 @@ fn main() -> anyhow::Result<()> {
     let report = json!({
         "spec": spec.name,
         "dataMiB": data >> 20,
-        "floor": {"mmdebstrap": t_mmdebstrap, "mkfsExt4": t_mkfs, "total": floor},
-        "build": {"total": t_build, "phases": phases, "ratioToFloor": t_build / floor},
+        "rounds": rounds,
+        "floor": {"mmdebstrap": t_mmdebstrap, "mkfsExt4": t_mkfs, "total": floor, "runs": floors},
+        "raw": {"total": t_raw, "ratioToFloor": t_raw / floor, "runs": raws},
+        "build": {"total": t_build, "phases": phases, "ratioToFloor": t_build / floor, "runs": alls},
+        "locked": {"total": t_locked, "ratioToFirst": t_locked / t_build, "runs": lockeds},
         "sha256": {"ours": t_sha_ours, "sha256sum": t_sha_tool},
         "gcp": {"ours": t_gcp_ours, "gnuTar": t_gcp_tar},
         "ovaOurs": t_ova_ours,
