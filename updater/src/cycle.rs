@@ -124,6 +124,42 @@ impl Step {
     }
 }
 
+/// A transition of the machine: the step it leads to, or why it cannot be taken from here.
+pub type Transition = fn(Step) -> Result<Step, TransitionError>;
+
+/// Every transition, by name. What is allowed is what these functions allow: nothing else
+/// lists the edges.
+pub const TRANSITIONS: [(&str, Transition); 10] = [
+    ("take_slot", Step::take_slot),
+    ("cordon", Step::cordon),
+    ("drained", Step::drained),
+    ("patch", Step::patch),
+    ("reboot", Step::reboot),
+    ("uncordon", Step::uncordon),
+    ("release", Step::release),
+    ("abort", Step::abort),
+    ("abandon", Step::abandon),
+    ("reset", Step::reset),
+];
+
+impl Step {
+    /// The steps one transition leads to from this one.
+    pub fn successors(self) -> Vec<Step> {
+        let mut out: Vec<Step> = TRANSITIONS
+            .iter()
+            .filter_map(|(_, t)| t(self).ok())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Whether a node may go from this step to `to` in one recorded change: by a transition,
+    /// or by staying where it is (a step recorded again, as a resumed run does).
+    pub fn allows(self, to: Step) -> bool {
+        self == to || self.successors().contains(&to)
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -144,44 +180,87 @@ mod tests {
         assert_eq!(s.uncordon().unwrap().release().unwrap(), Step::Idle);
     }
 
-    type Transition = fn(Step) -> Result<Step, TransitionError>;
+    /// Every step reachable from `from` by any number of transitions.
+    fn reachable(from: Step) -> Vec<Step> {
+        let mut seen = vec![from];
+        let mut i = 0;
+        while i < seen.len() {
+            for s in seen[i].successors() {
+                if !seen.contains(&s) {
+                    seen.push(s);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+
+    /// Every step reachable from `from` without passing through `avoid`.
+    fn reachable_avoiding(from: Step, avoid: Step) -> Vec<Step> {
+        let mut seen = vec![from];
+        let mut i = 0;
+        while i < seen.len() {
+            for s in seen[i].successors() {
+                if s != avoid && !seen.contains(&s) {
+                    seen.push(s);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+
+    // What follows asserts properties of the machine the agent relies on, from its own
+    // transitions: no list of edges is repeated here.
 
     #[test]
-    fn every_transition_checks_where_it_starts() {
-        let table: [(&str, Transition, &[Step]); 10] = [
-            ("take_slot", Step::take_slot, &[Step::Idle]),
-            ("cordon", Step::cordon, &[Step::SlotHeld]),
-            ("drained", Step::drained, &[Step::Cordoned]),
-            ("patch", Step::patch, &[Step::Drained]),
-            ("reboot", Step::reboot, &[Step::Patching]),
-            (
-                "uncordon",
-                Step::uncordon,
-                &[Step::Patching, Step::Rebooting],
-            ),
-            ("release", Step::release, &[Step::Uncordoned]),
-            (
-                "abort",
-                Step::abort,
-                &[Step::SlotHeld, Step::Cordoned, Step::Drained],
-            ),
-            (
-                "abandon",
-                Step::abandon,
-                &[
-                    Step::SlotHeld,
-                    Step::Cordoned,
-                    Step::Drained,
-                    Step::Patching,
-                    Step::Rebooting,
-                    Step::Uncordoned,
-                ],
-            ),
-            ("reset", Step::reset, &[Step::Failed]),
-        ];
-        for (name, t, from) in table {
-            for s in ALL_STEPS {
-                assert_eq!(t(s).is_ok(), from.contains(&s), "{name} from {s}");
+    fn every_step_is_reached_from_idle_and_every_run_can_end() {
+        let from_idle = reachable(Step::Idle);
+        for s in ALL_STEPS {
+            assert!(from_idle.contains(&s), "{s} cannot be reached from idle");
+            let back = reachable(s);
+            assert!(back.contains(&Step::Idle), "no way back to idle from {s}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_done_to_a_node_without_a_slot_and_a_cordon() {
+        // Without the slot, no cordon; without the cordon, no drain, patch or reboot.
+        let no_slot = reachable_avoiding(Step::Idle, Step::SlotHeld);
+        assert!(no_slot.iter().all(|s| !s.in_run()), "{no_slot:?}");
+        let no_cordon = reachable_avoiding(Step::SlotHeld, Step::Cordoned);
+        for s in [Step::Drained, Step::Patching, Step::Rebooting] {
+            assert!(!no_cordon.contains(&s), "{s} reached without cordoning");
+        }
+        // A reboot only after patching.
+        let no_patch = reachable_avoiding(Step::Idle, Step::Patching);
+        assert!(!no_patch.contains(&Step::Rebooting));
+    }
+
+    #[test]
+    fn a_failed_node_waits_for_a_human_and_a_patched_one_is_not_aborted() {
+        // Failed: only the reset (a human's `kubectl ospatch now NODE`) leaves it.
+        assert_eq!(Step::Failed.successors(), vec![Step::Idle]);
+        assert_eq!(Step::Failed.reset(), Ok(Step::Idle));
+        // Once patching has started, a run ends by uncordoning (or for a human), never by the
+        // abort that skips the uncordon bookkeeping.
+        for s in [Step::Patching, Step::Rebooting, Step::Uncordoned] {
+            assert!(s.abort().is_err(), "abort from {s}");
+        }
+        // The idle node is never failed by a transition: nothing was done to it.
+        assert!(!Step::Idle.allows(Step::Failed));
+    }
+
+    #[test]
+    fn allows_is_what_the_transitions_do() {
+        for from in ALL_STEPS {
+            for to in ALL_STEPS {
+                let by_a_transition = TRANSITIONS.iter().any(|(_, t)| t(from) == Ok(to));
+                assert_eq!(
+                    from.allows(to),
+                    from == to || by_a_transition,
+                    "{from} -> {to}"
+                );
             }
         }
         let e = Step::Idle.cordon().unwrap_err();

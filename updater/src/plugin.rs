@@ -298,11 +298,11 @@ async fn commands(cli: &Cli, client: Client, out: &mut dyn Write) -> anyhow::Res
                 let name = n.metadata.name.clone().unwrap_or_default();
                 let mut ann = serde_json::Map::new();
                 ann.insert(nodeann::PATCH_REQUESTED.into(), now.clone().into());
-                let failed = nodeann::step_of(n) == Step::Failed;
+                let step = nodeann::step_of(n);
+                let failed = step == Step::Failed;
                 if failed {
-                    // A human clears a failed node by asking for a run.
-                    Step::Failed.reset()?;
-                    ann.insert(nodeann::STEP.into(), Step::Idle.as_str().into());
+                    // A human clears a failed node by asking for a run: the machine's reset.
+                    ann.insert(nodeann::STEP.into(), step.reset()?.as_str().into());
                 }
                 nodes_api
                     .patch(
