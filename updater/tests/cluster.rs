@@ -32,6 +32,8 @@ struct Fleet {
     hosts: HashMap<String, Arc<SimulatedHost>>,
     agents: HashMap<String, tokio::task::JoinHandle<()>>,
     nodes: Vec<String>,
+    /// Step changes up to this resourceVersion are the test's own setup, not judged.
+    setup_rv: u64,
 }
 
 fn drain_policy(json: &str) -> Value {
@@ -86,6 +88,8 @@ impl Fleet {
             pod_start_delay: Duration::from_millis(200),
             // The agents must not take their watch cache for a read of their own writes.
             watch_latency: Duration::from_millis(100),
+            // Every change kept: the step changes are checked against the machine at the end.
+            history_size: 1_000_000,
             ..Options::default()
         }));
         c.server
@@ -115,6 +119,7 @@ impl Fleet {
             hosts,
             agents: HashMap::new(),
             nodes,
+            setup_rv: 0,
         }
     }
 
@@ -242,6 +247,10 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         for (_, h) in self.agents.drain() {
             h.abort();
+        }
+        // Whatever the test did, every step change it caused must be a transition.
+        if !std::thread::panicking() {
+            common::assert_step_changes_allowed(&self.c.server, self.setup_rv);
         }
     }
 }
@@ -1175,6 +1184,7 @@ fn a_failed_node_reset_with_ospatch_now_ends_uncordoned() {
             )
         })
         .unwrap();
+    f.setup_rv = f.c.server.with_store(|s| s.current_rv());
     f.start_all();
     let o = f.ospatch(&["now", "node-1"]);
     assert_eq!(o.code, 0, "{o:?}");

@@ -426,6 +426,8 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     let c = Arc::new(Cluster::start_with(Options {
         pod_start_delay: Duration::from_millis(500),
         extra_sans: vec![GUEST_FORWARD_ADDR.to_string()],
+        // Every change kept: the step changes are checked against the machine at the end.
+        history_size: 1_000_000,
         ..Options::default()
     }));
     let manifests = c.run_for(
@@ -946,6 +948,9 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         "cluster_vm: first boot id {first_boot_id}, total {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+    // Every step change of both nodes, by the real agent in the guest, the queued node's
+    // agent and the plugin, was a transition of the state machine.
+    common::assert_step_changes_allowed(&c.server, 0);
     drop(rt);
 }
 

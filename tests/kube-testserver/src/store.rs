@@ -677,6 +677,25 @@ impl Store {
         }
     }
 
+    /// The changes of one resource still in the history, oldest first (each with the object
+    /// before and after), and whether that is every change since the store started: tests
+    /// judge a sequence of writes from it.
+    pub fn changes(&self, def: &ResourceDef) -> (Vec<Arc<Event>>, bool) {
+        let rid = resources::id(def);
+        let all = self
+            .history
+            .iter()
+            .filter(|e| e.rid == rid)
+            .cloned()
+            .collect();
+        (all, self.compacted_rv <= 1)
+    }
+
+    /// The resourceVersion of the last write.
+    pub fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
     pub fn watch_count(&self) -> usize {
         self.watchers.len()
     }

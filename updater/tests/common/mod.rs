@@ -116,3 +116,35 @@ impl Rng {
         self.below(100) < pct
     }
 }
+
+/// Asserts that every change of a Node's step (`ospatch.bootpatch.io/step`) the server
+/// recorded is one the state machine allows ([`Step::allows`]): whoever wrote it (the node's
+/// agent, another node's agent taking a slot over, the plugin's reset). A missing step reads as
+/// idle. Writes up to resourceVersion `after` are not judged (a test's own setup, which may
+/// put a node in any step). Panics naming the node, the two steps and the write's
+/// resourceVersion.
+pub fn assert_step_changes_allowed(server: &TestServer, after: u64) {
+    use kube_testserver::resources::NODES;
+    use updater::cycle::Step;
+    let step = |o: &serde_json::Value| {
+        let text = o["metadata"]["annotations"][updater::node::STEP]
+            .as_str()
+            .unwrap_or("idle");
+        Step::parse(text).unwrap_or_else(|| panic!("a step the machine does not know: {text:?}"))
+    };
+    let (changes, complete) = server.with_store(|s| s.changes(&NODES));
+    assert!(
+        complete,
+        "the server's history dropped changes: raise history_size"
+    );
+    for e in changes.iter().filter(|e| e.rv > after) {
+        let Some(old) = &e.old else { continue };
+        let (from, to) = (step(old), step(&e.obj));
+        assert!(
+            from.allows(to),
+            "node {} went from step {from} to {to} (resourceVersion {}), which no transition allows",
+            e.obj["metadata"]["name"],
+            e.rv
+        );
+    }
+}
