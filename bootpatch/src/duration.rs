@@ -22,40 +22,121 @@ impl Duration {
     pub fn parse(text: &str) -> Result<Duration, String> {
         let t = text.trim();
         let bad = || format!("invalid duration {text:?} (use e.g. 90s, 10m, 1h30m)");
-        if t.is_empty() {
-            return Err(bad());
-        }
         if let Ok(secs) = t.parse::<u64>() {
             return Ok(Duration::from_secs(secs));
         }
-        let mut total_ms: u64 = 0;
-        let mut rest = t;
-        while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-            if digits == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-            rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let ms_per = match &rest[..unit_len] {
-                "ms" => 1,
-                "s" => 1000,
-                "m" => 60_000,
-                "h" => 3_600_000,
-                "d" => 86_400_000,
-                _ => return Err(bad()),
-            };
-            rest = &rest[unit_len..];
-            total_ms = n
-                .checked_mul(ms_per)
-                .and_then(|v| total_ms.checked_add(v))
-                .ok_or_else(bad)?;
-        }
-        Ok(Duration(std::time::Duration::from_millis(total_ms)))
+        let nanos = sum_terms(t, CONFIG_UNITS, false).map_err(|_| bad())?;
+        let ms = u64::try_from(nanos / 1_000_000).map_err(|_| bad())?;
+        Ok(Duration(std::time::Duration::from_millis(ms)))
     }
+}
+
+/// The units of bootpatch's own durations (config, CLI), in nanoseconds.
+const CONFIG_UNITS: &[(&str, u128)] = &[
+    ("ms", 1_000_000),
+    ("s", 1_000_000_000),
+    ("m", 60_000_000_000),
+    ("h", 3_600_000_000_000),
+    ("d", 86_400_000_000_000),
+];
+
+/// The units of Go's `time.ParseDuration`, in nanoseconds.
+const GO_UNITS: &[(&str, u128)] = &[
+    ("ns", 1),
+    ("us", 1_000),
+    ("\u{b5}s", 1_000),
+    ("\u{3bc}s", 1_000),
+    ("ms", 1_000_000),
+    ("s", 1_000_000_000),
+    ("m", 60_000_000_000),
+    ("h", 3_600_000_000_000),
+];
+
+/// Why a run of `<number><unit>` terms did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TermError {
+    Empty,
+    /// A term with no number before its unit (`m`, `h5m`).
+    NoNumber,
+    BadNumber(String),
+    /// The text ends with a number (`10`, `1h30`).
+    MissingUnit,
+    UnknownUnit(String),
+    TooLarge,
+}
+
+impl fmt::Display for TermError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TermError::Empty | TermError::NoNumber => f.write_str("not a duration"),
+            TermError::BadNumber(n) => write!(f, "bad number {n:?}"),
+            TermError::MissingUnit => f.write_str("missing unit"),
+            TermError::UnknownUnit(u) => write!(f, "unknown unit {u:?}"),
+            TermError::TooLarge => f.write_str("too large"),
+        }
+    }
+}
+
+/// The one duration grammar: a sequence of `<number><unit>` terms, summed in nanoseconds.
+/// `fractions` allows a decimal point in the numbers (Go's `1.5s`).
+fn sum_terms(text: &str, units: &[(&str, u128)], fractions: bool) -> Result<u128, TermError> {
+    if text.is_empty() {
+        return Err(TermError::Empty);
+    }
+    let is_num = |c: char| c.is_ascii_digit() || (fractions && c == '.');
+    let mut total: u128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !is_num(c))
+            .ok_or(TermError::MissingUnit)?;
+        if n == 0 {
+            return Err(TermError::NoNumber);
+        }
+        let number = &rest[..n];
+        rest = &rest[n..];
+        let u = rest.find(is_num).unwrap_or(rest.len());
+        let unit = &rest[..u];
+        rest = &rest[u..];
+        let scale = units
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| TermError::UnknownUnit(unit.to_string()))?;
+        let bad = || TermError::BadNumber(number.to_string());
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && frac.is_empty() {
+            return Err(bad());
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        let mut nanos = whole.checked_mul(scale).ok_or(TermError::TooLarge)?;
+        // The fraction, digit by digit, rounded down to the nanosecond as Go does.
+        let mut place = scale;
+        for d in frac.chars() {
+            let d = d.to_digit(10).ok_or_else(bad)? as u128;
+            place /= 10;
+            nanos += d * place;
+        }
+        total = total.checked_add(nanos).ok_or(TermError::TooLarge)?;
+    }
+    Ok(total)
+}
+
+/// Parses a duration as Go's `time.ParseDuration` does (`600s`, `10m`, `1h30m`, `1.5s`,
+/// `250ms`, `0`): the Kubernetes-style durations of the updater's drain policy. No sign is
+/// accepted (a negative duration is never meant there).
+pub fn parse_go(text: &str) -> Result<std::time::Duration, TermError> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let nanos = sum_terms(t, GO_UNITS, true)?;
+    let nanos = u64::try_from(nanos).map_err(|_| TermError::TooLarge)?;
+    Ok(std::time::Duration::from_nanos(nanos))
 }
 
 impl fmt::Display for Duration {
@@ -144,6 +225,38 @@ mod tests {
             "99999999999999999999d",
         ] {
             assert!(Duration::parse(t).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn go_durations_as_go_parses_them() {
+        for (text, nanos) in [
+            ("0", 0u64),
+            ("600s", 600_000_000_000),
+            ("10m", 600_000_000_000),
+            ("1h30m", 5_400_000_000_000),
+            ("1.5s", 1_500_000_000),
+            (".5s", 500_000_000),
+            ("250ms", 250_000_000),
+            ("1us", 1_000),
+            ("1\u{b5}s", 1_000),
+            ("3ns", 3),
+            ("1m0.000000001s", 60_000_000_001),
+        ] {
+            assert_eq!(parse_go(text).unwrap().as_nanos() as u64, nanos, "{text}");
+        }
+        for (text, err) in [
+            ("", TermError::Empty),
+            ("10", TermError::MissingUnit),
+            ("1h30", TermError::MissingUnit),
+            ("ten", TermError::NoNumber),
+            ("-5s", TermError::NoNumber),
+            ("10x", TermError::UnknownUnit("x".into())),
+            ("2d", TermError::UnknownUnit("d".into())),
+            (".s", TermError::BadNumber(".".into())),
+            ("1.2.3s", TermError::BadNumber("1.2.3".into())),
+        ] {
+            assert_eq!(parse_go(text), Err(err), "{text}");
         }
     }
 }

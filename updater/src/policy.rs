@@ -87,46 +87,17 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
-/// Parses a Go duration string (`600s`, `10m`, `1h30m`, `1.5s`, `250ms`, `0`).
+/// Parses a Go duration string (`600s`, `10m`, `1h30m`, `1.5s`, `250ms`, `0`), by the one
+/// duration grammar ([`bootpatch::duration::parse_go`]); errors name the `timeout` key.
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() || t.starts_with('-') {
-        return Err(format!(
-            "timeout {text:?}: not a duration (e.g. \"600s\", \"10m\")"
-        ));
-    }
-    let mut nanos: f64 = 0.0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("timeout {text:?}: missing unit (ns, us, ms, s, m, h)"))?;
-        if n == 0 {
-            return Err(format!("timeout {text:?}: not a duration"));
+    use bootpatch::duration::TermError;
+    bootpatch::duration::parse_go(text).map_err(|e| match e {
+        TermError::MissingUnit => format!("timeout {text:?}: missing unit (ns, us, ms, s, m, h)"),
+        TermError::Empty | TermError::NoNumber => {
+            format!("timeout {text:?}: not a duration (e.g. \"600s\", \"10m\")")
         }
-        let value: f64 = rest[..n]
-            .parse()
-            .map_err(|_| format!("timeout {text:?}: bad number {:?}", &rest[..n]))?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            other => return Err(format!("timeout {text:?}: unknown unit {other:?}")),
-        };
-        nanos += value * scale;
-        rest = &rest[u..];
-    }
-    Ok(Duration::from_nanos(nanos.round() as u64))
+        e => format!("timeout {text:?}: {e}"),
+    })
 }
 
 /// Everything in the drain policy ConfigMap.
