@@ -52,12 +52,7 @@ fn plugin_speaks_https_with_kubectls_flags() {
     c.server.add_node("node-1").unwrap();
     let good = c.server.kubeconfig();
     assert!(good.contains("server: https://"), "{good}");
-    let (code, out, err) = ospatch(
-        &good,
-        c.dir.path(),
-        "good",
-        &["-n", "bootpatch-system", "status"],
-    );
+    let (code, out, err) = ospatch(&good, &c.dir, "good", &["-n", "bootpatch-system", "status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l.starts_with("node-1")), "{out}");
 
@@ -75,12 +70,12 @@ fn plugin_speaks_https_with_kubectls_flags() {
             "clusters:\n",
             "clusters:\n- name: nowhere\n  cluster:\n    server: https://127.0.0.1:1\n",
         );
-    let (code, _, err) = ospatch(&two, c.dir.path(), "two", &["status"]);
+    let (code, _, err) = ospatch(&two, &c.dir, "two", &["status"]);
     assert_ne!(code, 0, "the current context points nowhere");
     assert!(err.contains("https://127.0.0.1:1"), "{err}");
     let (code, out, err) = ospatch(
         &two,
-        c.dir.path(),
+        &c.dir,
         "two",
         &["--context", "kube-testserver", "status"],
     );
@@ -97,7 +92,7 @@ fn plugin_errors_name_the_server_and_the_cause() {
     // Another cluster's CA: the server's certificate is refused, and the error names it.
     let other = TestServer::start(Options::default()).unwrap();
     let wrong_ca = good.replace(&ca_line(&good), &ca_line(&other.kubeconfig()));
-    let (code, _, err) = ospatch(&wrong_ca, c.dir.path(), "wrong-ca", &["status"]);
+    let (code, _, err) = ospatch(&wrong_ca, &c.dir, "wrong-ca", &["status"]);
     assert_eq!(code, 1);
     assert!(err.contains(&server), "{err}");
     assert!(
@@ -122,7 +117,7 @@ fn plugin_errors_name_the_server_and_the_cause() {
         ("expired", expired.as_str()),
     ] {
         let kc = c.server.kubeconfig_for_token(token);
-        let (code, _, err) = ospatch(&kc, c.dir.path(), name, &["status"]);
+        let (code, _, err) = ospatch(&kc, &c.dir, name, &["status"]);
         assert_eq!(code, 1, "{name}");
         assert!(
             err.contains("401 Unauthorized") && err.contains(&server),
@@ -136,7 +131,7 @@ fn plugin_errors_name_the_server_and_the_cause() {
         .server
         .issue_service_account_token("bootpatch-system", "operator", None);
     let kc = c.server.kubeconfig_for_token(&sa);
-    let (code, _, err) = ospatch(&kc, c.dir.path(), "sa", &["status"]);
+    let (code, _, err) = ospatch(&kc, &c.dir, "sa", &["status"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("403 Forbidden: RBAC does not allow this request")
@@ -158,7 +153,7 @@ fn plugin_errors_name_the_server_and_the_cause() {
             "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": "bootpatch-system"}],
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-reader"}}))
         .unwrap();
-    let (code, _, err) = ospatch(&kc, c.dir.path(), "sa", &["status"]);
+    let (code, _, err) = ospatch(&kc, &c.dir, "sa", &["status"]);
     assert_eq!(code, 0, "{err}");
 }
 

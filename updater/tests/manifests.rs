@@ -38,7 +38,7 @@ fn apply_manifests(c: &Cluster) {
         Duration::from_secs(10),
     );
     assert_eq!(o.code, 0, "{o:?}");
-    let path = c.dir.path().join("install.yaml");
+    let path = c.dir.as_path().join("install.yaml");
     std::fs::write(&path, &o.stdout).unwrap();
     let o = c.kubectl(&["apply", "-f", path.to_str().unwrap()]);
     assert_eq!(o.code, 0, "kubectl apply: {o:?}");

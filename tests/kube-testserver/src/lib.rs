@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod controllers;
 pub mod fixtures;
+pub mod harness;
 pub mod patch;
 pub mod proto;
 pub mod rbac;

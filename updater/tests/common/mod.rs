@@ -5,27 +5,15 @@
 #![allow(dead_code)]
 
 use kube_testserver::{Options, TestServer};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use updater::kube_util::{client_for_kubeconfig, Kube};
 
-static N: AtomicUsize = AtomicUsize::new(0);
+#[allow(unused_imports)]
+pub use kube_testserver::harness::Out;
 
-pub struct Cluster {
-    pub server: TestServer,
-    pub dir: tempfile::TempDir,
-    pub kubeconfig: PathBuf,
-}
-
-#[derive(Debug)]
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-    pub took: Duration,
-}
+/// The test server's harness ([`kube_testserver::harness`], shared with the server's own
+/// tests), plus a kube-rs client for the updater's code.
+pub struct Cluster(kube_testserver::harness::Cluster);
 
 impl Cluster {
     pub fn start() -> Self {
@@ -36,64 +24,18 @@ impl Cluster {
     }
 
     pub fn start_with(opts: Options) -> Self {
-        let server = TestServer::start(opts).expect("starting the test server");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        server
-            .write_kubeconfig(&kubeconfig)
-            .expect("writing kubeconfig");
-        Self {
-            server,
-            dir,
-            kubeconfig,
-        }
+        Cluster(kube_testserver::harness::Cluster::start_with(opts))
     }
 
     pub fn kube(&self) -> Kube {
         client_for_kubeconfig(&self.server.kubeconfig(), Duration::from_secs(60)).expect("client")
     }
+}
 
-    /// Runs the real kubectl against the server; kills it (its own pid) after `timeout`.
-    pub fn kubectl_for(&self, args: &[&str], timeout: Duration) -> Out {
-        self.run_for("kubectl", args, timeout)
-    }
-
-    pub fn kubectl(&self, args: &[&str]) -> Out {
-        self.kubectl_for(args, Duration::from_secs(30))
-    }
-
-    pub fn run_for(&self, program: &str, args: &[&str], timeout: Duration) -> Out {
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let out_path = self.dir.path().join(format!("out-{n}"));
-        let err_path = self.dir.path().join(format!("err-{n}"));
-        let start = Instant::now();
-        let mut child = Command::new(program)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("running {program}: {e}"));
-        let code = loop {
-            if let Some(st) = child.try_wait().expect("waiting") {
-                break st.code().unwrap_or(-1);
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                break -9;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Out {
-            code,
-            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-            took: start.elapsed(),
-        }
+impl std::ops::Deref for Cluster {
+    type Target = kube_testserver::harness::Cluster;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
