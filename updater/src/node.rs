@@ -199,12 +199,8 @@ pub fn run_start_stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Merge-patches annotations on a node (`None` removes a key).
-pub async fn annotate(
-    client: &Client,
-    node: &str,
-    pairs: &[(&str, Option<String>)],
-) -> Result<Node, kube::Error> {
+/// The merge patch that sets these annotations (`None` removes a key).
+pub fn annotations_patch(pairs: &[(&str, Option<String>)]) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = pairs
         .iter()
         .map(|(k, v)| {
@@ -214,11 +210,20 @@ pub async fn annotate(
             )
         })
         .collect();
+    serde_json::json!({"metadata": {"annotations": map}})
+}
+
+/// Merge-patches annotations on a node (`None` removes a key).
+pub async fn annotate(
+    client: &Client,
+    node: &str,
+    pairs: &[(&str, Option<String>)],
+) -> Result<Node, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     api.patch(
         node,
         &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({"metadata": {"annotations": map}})),
+        &Patch::Merge(&annotations_patch(pairs)),
     )
     .await
 }

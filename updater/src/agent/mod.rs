@@ -261,16 +261,7 @@ impl Agent {
             if step != Step::Failed && nodeann::step_of(&node) == Step::Failed {
                 return Err(Stop::SlotLost);
             }
-            let map: serde_json::Map<String, serde_json::Value> = pairs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        v.clone().map_or(serde_json::Value::Null, Into::into),
-                    )
-                })
-                .collect();
-            let patch = serde_json::json!({"metadata": {"annotations": map}});
+            let patch = nodeann::annotations_patch(&pairs);
             if self.patch_node_if_unchanged(&node, patch).await? {
                 break;
             }

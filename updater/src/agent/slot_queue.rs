@@ -252,22 +252,22 @@ impl Agent {
                     break Ok(false);
                 }
             };
-            let mut keys = serde_json::Map::new();
-            let mut put = |k: &str, v: Option<String>| {
-                keys.insert(k.into(), v.map_or(serde_json::Value::Null, Into::into));
-            };
-            put(nodeann::STEP, Some(step.as_str().to_string()));
-            put(nodeann::STEP_SINCE, Some(now_rfc3339()));
-            put(nodeann::LAST_MESSAGE, Some(msg.clone()));
-            put(nodeann::SLOT, None);
+            let mut keys = vec![
+                (nodeann::STEP, Some(step.as_str().to_string())),
+                (nodeann::STEP_SINCE, Some(now_rfc3339())),
+                (nodeann::LAST_MESSAGE, Some(msg.clone())),
+                (nodeann::SLOT, None),
+            ];
             if reclaimed {
-                put(nodeann::STEP_DEADLINE, None);
-                put(nodeann::LAST_RUN_START, None);
-                put(nodeann::REQUEST_SERVED, None);
+                keys.extend([
+                    (nodeann::STEP_DEADLINE, None),
+                    (nodeann::LAST_RUN_START, None),
+                    (nodeann::REQUEST_SERVED, None),
+                ]);
             } else {
-                put(nodeann::LAST_RESULT, Some("failed".into()));
+                keys.push((nodeann::LAST_RESULT, Some("failed".into())));
             }
-            let patch = serde_json::json!({"metadata": {"annotations": keys}});
+            let patch = nodeann::annotations_patch(&keys);
             match self.patch_if_unchanged(from, &holder, patch).await {
                 Ok(true) => break Ok(true),
                 Ok(false) => continue,
