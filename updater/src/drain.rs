@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -436,6 +436,29 @@ pub fn go_duration(d: Duration) -> String {
     }
 }
 
+/// Evicts a pod through its `eviction` subresource, as kubectl does: a policy/v1 Eviction
+/// whose `deleteOptions.gracePeriodSeconds` is the drain's grace period, if it sets one.
+/// (kube's `Api::evict` puts the options under `delete_options`, a field the API server does
+/// not know and drops, so the pod's own grace period would apply instead of the policy's.)
+async fn evict(api: &Api<Pod>, ns: &str, name: &str, grace: Option<u32>) -> kube::Result<()> {
+    let mut body = serde_json::json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": ns},
+    });
+    if let Some(g) = grace {
+        body["deleteOptions"] = serde_json::json!({"gracePeriodSeconds": g});
+    }
+    api.create_subresource::<serde_json::Value>(
+        "eviction",
+        name,
+        &PostParams::default(),
+        body.to_string().into_bytes(),
+    )
+    .await
+    .map(drop)
+}
+
 /// Drains a (cordoned) node: plan, refuse if any pod is refused, then evict or delete every
 /// pod the plan lets go and wait until they are gone, all within the policy's timeout.
 pub async fn drain_node(
@@ -483,10 +506,6 @@ pub async fn drain_node(
                 }
             } else {
                 out.line(&format!("evicting pod {ns}/{name}"));
-                let ep = EvictParams {
-                    delete_options: Some(dp),
-                    ..EvictParams::default()
-                };
                 let mut was_blocked = false;
                 loop {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -500,7 +519,7 @@ pub async fn drain_node(
                             go_duration(policy.timeout)
                         ));
                     }
-                    match api.evict(&name, &ep).await {
+                    match evict(&api, &ns, &name, grace).await {
                         Ok(_) => break,
                         Err(e) if is_code(&e, 404) => {
                             if was_blocked

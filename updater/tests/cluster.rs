@@ -680,14 +680,22 @@ fn agent_killed_at_every_step_resumes_and_finishes() {
 
 #[test]
 fn agent_killed_mid_drain_resumes() {
-    let mut f = Fleet::new(3, DRAIN_OK, json!({"maxConcurrency": "1"}));
+    // Evicted pods take 3 s to terminate, and the drain waits for them: killed while they do.
+    let drain = r#"{"timeout": "60s", "gracePeriod": 3, "deleteLocalData": true, "ignoreDaemonSets": true}"#;
+    let mut f = Fleet::new(3, drain, json!({"maxConcurrency": "1"}));
     seed_workloads(&f, 3);
     f.start("node-1");
     f.ospatch(&["now", "node-1"]);
-    f.wait("cordoned", 30, |s| {
-        nodes_of(s).iter().any(|n| {
-            util::str_at(n, "metadata.name") == "node-1" && annotation(n, ann::STEP) == "cordoned"
-        })
+    f.wait("cordoned, a pod terminating", 30, |s| {
+        let terminating = s.list(&PODS, &Filter::default()).iter().any(|p| {
+            util::str_at(p, "spec.nodeName") == "node-1"
+                && util::path(p, "metadata.deletionTimestamp").is_some()
+        });
+        terminating
+            && nodes_of(s).iter().any(|n| {
+                util::str_at(n, "metadata.name") == "node-1"
+                    && annotation(n, ann::STEP) == "cordoned"
+            })
     });
     f.kill("node-1");
     std::thread::sleep(Duration::from_millis(300));

@@ -190,6 +190,8 @@ fn flags_of(bits: u32) -> (DrainPolicy, Vec<String>) {
         delete_local_data: bits & 4 != 0,
         disable_eviction: bits & 8 != 0,
         skip_wait_for_delete_timeout: if bits & 16 != 0 { 30 } else { 0 },
+        // The fixtures' pods say 1 s of their own.
+        grace_period: if bits & 32 != 0 { 2 } else { -1 },
         ..DrainPolicy::default()
     };
     let mut args = Vec::new();
@@ -204,6 +206,9 @@ fn flags_of(bits: u32) -> (DrainPolicy, Vec<String>) {
     }
     if p.disable_eviction {
         args.push("--disable-eviction".into());
+    }
+    if p.grace_period >= 0 {
+        args.push(format!("--grace-period={}", p.grace_period));
     }
     if p.skip_wait_for_delete_timeout > 0 {
         args.push(format!(
@@ -340,6 +345,34 @@ fn norm(text: &str) -> String {
 }
 
 /// Twin clusters, seeded alike: kubectl drains one for real, we drain the other.
+/// The grace periods pods were deleted with after resourceVersion `since`, sorted: the
+/// `deletionGracePeriodSeconds` a pod got when it started terminating, 0 for a pod removed at
+/// once. (Pod names differ between twins; the multiset of grace periods must not.)
+fn graces(c: &Cluster, since: u64) -> Vec<i64> {
+    let (changes, complete) = c.server.with_store(|s| s.changes(&PODS));
+    assert!(complete, "the server's history dropped changes");
+    let terminating = |o: &Value| util::path(o, "metadata.deletionTimestamp").is_some();
+    let mut g: Vec<i64> = changes
+        .iter()
+        .filter(|e| e.rv > since)
+        .filter_map(|e| {
+            let old = e.old.as_ref()?;
+            if terminating(old) {
+                return None;
+            }
+            if e.deleted {
+                Some(0)
+            } else if terminating(&e.obj) {
+                util::path(&e.obj, "metadata.deletionGracePeriodSeconds").and_then(Value::as_i64)
+            } else {
+                None
+            }
+        })
+        .collect();
+    g.sort();
+    g
+}
+
 #[test]
 fn real_drains_match_kubectl_on_twin_clusters() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -349,7 +382,8 @@ fn real_drains_match_kubectl_on_twin_clusters() {
         (14, 2 | 1 | 4 | 8, 20),
         (3, 4, 20),
         (7, 1 | 16, 20),
-        (22, 2 | 1 | 4, 20),
+        // The policy's grace period, not the pod's, on evictions.
+        (22, 2 | 1 | 4 | 32, 20),
     ];
     for (seed, bits, timeout) in cases {
         let a = Cluster::start();
@@ -367,6 +401,7 @@ fn real_drains_match_kubectl_on_twin_clusters() {
                         .is_ok_and(|p| p["status"]["currentHealthy"].as_i64() == Some(2))
             });
         }
+        let since = [&a, &b].map(|c| c.server.with_store(|s| s.current_rv()));
         let mut kargs = vec![
             "drain".to_string(),
             "node-1".into(),
@@ -419,6 +454,12 @@ fn real_drains_match_kubectl_on_twin_clusters() {
             pods_on(&a, "node-1", "web"),
             pods_on(&b, "node-1", "web"),
             "web pods on node-1 differ: {ctx}"
+        );
+        // The grace period each pod was given, as the server applied it.
+        assert_eq!(
+            graces(&a, since[0]),
+            graces(&b, since[1]),
+            "grace periods given differ (kubectl's first): {ctx}"
         );
         let kall = format!("{}\n{}", o.stdout, o.stderr);
         for needle in [
