@@ -31,10 +31,10 @@ pub const BOOT_ID: &str = "ospatch.bootpatch.io/boot-id";
 pub const FIRST_BOOT_RESULT: &str = "ospatch.bootpatch.io/first-boot-result";
 pub const WORKLOADS_MOVED: &str = "ospatch.bootpatch.io/workloads-moved";
 pub const SLOT: &str = "ospatch.bootpatch.io/slot";
-/// When and at which step the agent last stopped on a signal (SIGTERM: rollout, eviction).
 /// Until when the node's current step may last before another node may take its slot over
 /// (RFC 3339; written with every step of a run: the reboot deadline while rebooting).
 pub const STEP_DEADLINE: &str = "ospatch.bootpatch.io/step-deadline";
+/// When and at which step the agent last stopped on a signal (SIGTERM: rollout, eviction).
 pub const AGENT_STOPPED: &str = "ospatch.bootpatch.io/agent-stopped";
 
 /// Node labels of managed node pools, where in-place patching is not offered.
@@ -162,8 +162,8 @@ pub fn takeover(
     };
     let why = format!(
         "at step {step} since {}, past its deadline {} ({ready}{boot}), and its agent did not renew the slot",
-        since.map_or_else(|| "?".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        since.map_or_else(|| "?".into(), stamp),
+        stamp(deadline)
     );
     if step == Step::SlotHeld {
         Takeover::Reclaimed(why)
@@ -188,14 +188,15 @@ pub fn refusal(node: &Node, imported_cluster: bool) -> Option<String> {
     None
 }
 
+/// Now, as the agent and the plugin write times on Nodes: RFC 3339 in UTC, to the
+/// millisecond. Whole seconds would move a deadline written a fraction of a second ahead
+/// into the past, and a step's time since would read up to a second long.
 pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    stamp(Utc::now())
 }
 
-/// The stamp for `last-run-start`. It is compared with `patch-requested`, which the plugin
-/// writes in milliseconds, so it keeps them: a run started in the same second as the request,
-/// written in whole seconds, would read as older than the request and run the node again.
-pub fn run_start_stamp(t: DateTime<Utc>) -> String {
+/// `t` as [`now_rfc3339`] writes it.
+pub fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -303,7 +304,7 @@ mod tests {
                 PATCH_REQUESTED.to_string(),
                 "2026-12-03T07:22:10.403Z".to_string(),
             ),
-            (LAST_RUN_START.to_string(), run_start_stamp(started)),
+            (LAST_RUN_START.to_string(), stamp(started)),
         ]));
         let policy = crate::policy::PatchPolicy::default();
         let due = crate::policy::due(&policy, &record_of(&n), started);

@@ -38,10 +38,7 @@ impl Agent {
                 self.client(),
                 &self.opts.node,
                 &[
-                    (
-                        nodeann::LAST_RUN_START,
-                        Some(nodeann::run_start_stamp(begun)),
-                    ),
+                    (nodeann::LAST_RUN_START, Some(nodeann::stamp(begun))),
                     (nodeann::REQUEST_SERVED, serves),
                     (nodeann::LAST_RESULT, Some(result.into())),
                     (nodeann::LAST_MESSAGE, Some(msg.clone())),
@@ -72,10 +69,7 @@ impl Agent {
         self.record(
             Step::Idle.take_slot()?,
             &[
-                (
-                    nodeann::LAST_RUN_START,
-                    Some(nodeann::run_start_stamp(chrono::Utc::now())),
-                ),
+                (nodeann::LAST_RUN_START, Some(nodeann::now_rfc3339())),
                 (nodeann::REQUEST_SERVED, nodeann::served_mark(&node)),
                 (nodeann::SLOT, Some(slot.clone())),
                 (

@@ -250,7 +250,7 @@ impl Agent {
             nodeann::STEP_DEADLINE,
             step.in_run().then(|| {
                 let d = chrono::Duration::from_std(self.step_deadline(step)).unwrap_or_default();
-                (Utc::now() + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                nodeann::stamp(Utc::now() + d)
             }),
         ));
         pairs.extend(extra.iter().cloned());

@@ -46,10 +46,7 @@ impl Agent {
                     &[
                         (nodeann::LAST_RESULT, Some("refused".into())),
                         (nodeann::LAST_MESSAGE, Some(msg)),
-                        (
-                            nodeann::LAST_RUN_START,
-                            Some(nodeann::run_start_stamp(chrono::Utc::now())),
-                        ),
+                        (nodeann::LAST_RUN_START, Some(nodeann::now_rfc3339())),
                         (nodeann::REQUEST_SERVED, nodeann::served_mark(node)),
                     ],
                 )
