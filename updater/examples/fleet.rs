@@ -27,8 +27,8 @@
 //! - PDB violations: a PDB whose ready, not-terminating pods are fewer than it requires
 //!   (`minAvailable`, or the Deployment's replicas minus `maxUnavailable`), counted per
 //!   transition into violation;
-//! - the cap: Leases with a holder, nodes in a run (from `slot-held` to `rebooting`; at
-//!   `uncordoned` a node has released its slot and is about to go idle) and nodes cordoned,
+//! - the cap: Leases with a holder, nodes in a run (any step from `slot-held` to
+//!   `uncordoned`: a node releases its slot only once it is back at idle) and nodes cordoned,
 //!   each at most maxConcurrency's slots at every sample;
 //! - makespan: from the on-demand request to every node back at idle with a result;
 //! - the lower bound: each node's minimal cycle is its table's apply plus reboot duration
@@ -374,11 +374,8 @@ fn main() -> anyhow::Result<()> {
                         }
                         let c = v.cycle.entry(name).or_default();
                         if !matches!(step.as_str(), "" | "idle" | "failed") {
-                            // `uncordoned` is the run's tail: uncordoned, and the slot released
-                            // just before the step goes back to idle.
-                            if step != "uncordoned" {
-                                in_run += 1;
-                            }
+                            // A node releases its slot only after it is back at idle.
+                            in_run += 1;
                             c.0.get_or_insert(now);
                         } else if c.0.is_some() && !annotation(&n, ann::LAST_RESULT).is_empty() {
                             c.1.get_or_insert(now);

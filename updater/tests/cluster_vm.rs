@@ -718,8 +718,9 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         );
         assert_ne!(x.queued_step, "failed", "the queued node failed: {x:?}");
         assert!(x.holders.len() <= 1, "more than one slot held: {x:?}");
-        // The agent releases the slot, then records idle: the queued node may hold it from
-        // the VM node's uncordon on, after the reboot, never before.
+        // The agent records idle, then releases the slot: the queued node may hold it once
+        // the VM node is back at idle, after the reboot, never before. (A sample reads the
+        // node before the Leases, so it may still show the step before idle, `uncordoned`.)
         if x.holders.iter().any(|(_, h)| h == QUEUED) {
             assert!(
                 matches!(x.vm_step.as_str(), "uncordoned" | "idle")

@@ -575,9 +575,12 @@ impl Agent {
         Ok(next)
     }
 
-    /// Ends a run: releases the slot, records the result, and moves the node to idle by
-    /// `end` (the state machine's `release` after an uncordon, or its `abort` before one),
-    /// from the step the node is at now.
+    /// Ends a run: records the result and moves the node to idle by `end` (the state
+    /// machine's `release` after an uncordon, or its `abort` before one) from the step the
+    /// node is at now, then releases the slot. In that order, a node shown in a run always
+    /// holds its slot, so the nodes in a run never outnumber the slots. (An agent killed
+    /// between the two leaves an idle node holding its Lease: the Lease expires unrenewed and
+    /// the next node takes it as stale.)
     pub(super) async fn release_and_idle(
         &self,
         slot: &str,
@@ -586,10 +589,6 @@ impl Agent {
         result: &str,
         message: Option<String>,
     ) -> Result<(), Stop> {
-        if !slot.is_empty() {
-            self.slots.release(slot).await?;
-        }
-        self.metrics.slot_held.store(false, Ordering::Relaxed);
         self.metrics
             .patch_duration_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -601,12 +600,21 @@ impl Agent {
         if let Some(m) = message {
             extra.push((nodeann::LAST_MESSAGE, Some(m)));
         }
-        annotate(self.client(), &self.opts.node, &extra).await?;
         let step = nodeann::step_of(&self.fresh_node().await?);
-        if step != Step::Idle {
-            self.record(end(step)?, &[], &format!("slot {slot} released ({result})"))
-                .await?;
+        if step == Step::Idle {
+            annotate(self.client(), &self.opts.node, &extra).await?;
+        } else {
+            let msg = if slot.is_empty() {
+                format!("run ended ({result})")
+            } else {
+                format!("run ended ({result}); releasing slot {slot}")
+            };
+            self.record(end(step)?, &extra, &msg).await?;
         }
+        if !slot.is_empty() {
+            self.slots.release(slot).await?;
+        }
+        self.metrics.slot_held.store(false, Ordering::Relaxed);
         Ok(())
     }
 
