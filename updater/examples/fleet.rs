@@ -16,9 +16,11 @@
 //! Time runs faster by `--time-factor F`: every duration of the scenario, and every duration of
 //! the agent's own options (the Lease, each deadline, the watch timeout, the steal interval,
 //! kubectl's drain retry and poll, the drain policy's timeout), is the real one divided by F,
-//! all by the same F. A Lease's duration is whole seconds on the API (`leaseDurationSeconds`),
-//! so above F = 60 the Lease object says 1 s while the agent renews at a third of its own
-//! (scaled) duration; the reboots are drawn against the agent's duration.
+//! all by the same F, with two floors in wall time: polling intervals no shorter than
+//! `MIN_POLL`, deadlines no shorter than `MIN_DEADLINE` (the API server's latency is not
+//! scaled). A Lease's duration is whole seconds on the API (`leaseDurationSeconds`), so above
+//! F = 60 the Lease object says 1 s and the holder renews at a third of that; the reboots are
+//! drawn against the agent's (scaled) duration.
 //!
 //! Measured from observed state (the test server's store, sampled every `--sample-ms`):
 //! - nodes wrongly marked failed: the table says every node succeeds, so any node ever seen at
@@ -57,6 +59,12 @@ use updater::sim::{ApplyOutcome, Behaviour, SimulatedHost};
 
 const NS: &str = "bootpatch-system";
 const MIN_POLL: Duration = Duration::from_millis(20);
+/// Deadlines (and the drain policy's timeout) no shorter than this, in wall time: the API
+/// server's latency is not scaled, and at a high time factor a deadline of a few scaled
+/// milliseconds would measure it instead of the host. Up to a factor of 300 no deadline of
+/// the agent's defaults is this short; the 1,000-node case at maxConcurrency 1 (factor 3600)
+/// runs with them floored, and prints them.
+const MIN_DEADLINE: Duration = Duration::from_secs(1);
 /// How long a real pod takes to start and become Ready (scaled like everything else).
 const POD_START: Duration = Duration::from_secs(6);
 /// How often the test server's controllers (scheduler, Deployment, node lifecycle) act, real.
@@ -134,12 +142,14 @@ fn scaled_options(node: &str, f: f64) -> AgentOptions {
     // The watches' server-side timeout sets the idle cost only: scaled up to F = 60, no
     // shorter than 30 s above (1,000 agents re-watching every second would be the load).
     o.watch_timeout = s(o.watch_timeout).max(Duration::from_secs(30));
-    o.node_ready_timeout = s(o.node_ready_timeout);
-    o.reboot_deadline = s(o.reboot_deadline);
-    o.step_deadline = s(o.step_deadline);
-    o.apply_deadline = s(o.apply_deadline);
-    o.drain_deadline = s(o.drain_deadline);
+    let deadline = |d: Duration| s(d).max(MIN_DEADLINE);
+    o.node_ready_timeout = deadline(o.node_ready_timeout);
+    o.reboot_deadline = deadline(o.reboot_deadline);
+    o.step_deadline = deadline(o.step_deadline);
+    o.apply_deadline = deadline(o.apply_deadline);
+    o.drain_deadline = deadline(o.drain_deadline);
     o.steal_interval = poll(o.steal_interval);
+    o.claim_stagger = poll(o.claim_stagger);
     o.window_check = poll(o.window_check);
     let t = Timing::default();
     o.timing = Timing {
@@ -240,6 +250,10 @@ struct Seen {
 
 fn main() -> anyhow::Result<()> {
     let a = args();
+    // The agents' own logs, only when asked for (`RUST_LOG=info`): 1,000 agents are loud.
+    if std::env::var_os("RUST_LOG").is_some() {
+        updater::telemetry::init(false);
+    }
     let f = a.factor;
     let cap = MaxConcurrency::parse(&a.concurrency)?.slots(a.nodes) as usize;
     let setup = Instant::now();
@@ -268,7 +282,8 @@ fn main() -> anyhow::Result<()> {
         pdb_state(s).iter().map(|p| p.2).sum::<i64>() == want
     });
     assert!(ok, "workloads did not come up");
-    let drain_timeout_ns = Duration::from_secs(300).div_f64(f).as_nanos() as u64;
+    let drain_timeout = Duration::from_secs(300).div_f64(f).max(MIN_DEADLINE);
+    let drain_timeout_ns = drain_timeout.as_nanos() as u64;
     server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "palette-agent-config", "namespace": NS},
         "data": {"profiling": "disable", "feature.workloads": "disable",
@@ -546,6 +561,10 @@ fn main() -> anyhow::Result<()> {
         probe.reboot_deadline,
         rmin,
         rmax
+    );
+    println!(
+        "  deadlines (no shorter than {MIN_DEADLINE:?} of wall time): drain timeout {drain_timeout:?}, step {:?}, apply {:?}; claim stagger {:?}",
+        probe.step_deadline, probe.apply_deadline, probe.claim_stagger
     );
     println!("  finished                      {finished}");
     println!("  results                       {results:?}");

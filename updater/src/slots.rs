@@ -14,6 +14,8 @@ use std::time::Duration;
 
 pub const SLOT_PREFIX: &str = "ospatch-slot-";
 pub const SLOT_LABEL: &str = "ospatch.bootpatch.io/slot";
+/// On a slot's Lease: the node that released it last. The waiters take turns from it.
+pub const RELEASED_BY: &str = "ospatch.bootpatch.io/released-by";
 
 /// How a slot was got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,45 @@ pub fn holder(l: &Lease) -> Option<&str> {
         .holder_identity
         .as_deref()
         .filter(|h| !h.is_empty())
+}
+
+/// The node that released a free lease last, if it says.
+pub fn released_by(l: &Lease) -> Option<&str> {
+    l.metadata
+        .annotations
+        .as_ref()?
+        .get(RELEASED_BY)
+        .map(String::as_str)
+        .filter(|h| !h.is_empty())
+}
+
+/// Whose turn a released slot is. The nodes that prefer slot `slot` of `n` are the members
+/// (sorted node names) whose position modulo `n` is `slot`; they take turns in that order,
+/// round the ring, starting after the node that released it. `Some(1)` is `me` first in
+/// line, `Some(k)` the k-th (whether the ones before it are waiting or not); `None` when
+/// either node is not a member (the waiter does not know where it stands).
+pub fn turn(members: &[String], n: u32, slot: u32, releaser: &str, me: &str) -> Option<u32> {
+    let n = n.max(1) as usize;
+    let pos = |who: &str| members.iter().position(|m| m == who);
+    let (from, to) = (pos(releaser)?, pos(me)?);
+    let len = members.len();
+    // Walk the ring from just after the releaser to `me`, counting the slot's nodes.
+    let steps = (to + len - from - 1) % len + 1;
+    let k = (1..=steps)
+        .map(|i| (from + i) % len)
+        .filter(|&i| i % n == slot as usize)
+        .count();
+    Some(k as u32)
+}
+
+/// How long the waiter whose [`turn`] it is `k`-th waits before claiming a released slot:
+/// the first at once, then one `step` more each time the turn doubles (2nd: 1 step, 3rd-4th:
+/// 2, 5th-8th: 3, …). The first node in line that is waiting takes the slot, and the others
+/// see it taken (on their watch) before their own time comes, so a release wakes one claim
+/// instead of one from every waiter; the 1,000th node waits at most 10 steps.
+pub fn claim_delay(k: u32, step: Duration) -> Duration {
+    let doublings = u32::BITS - k.saturating_sub(1).leading_zeros();
+    step * doublings
 }
 
 /// Whether a held lease has not been renewed within its duration.
@@ -238,7 +279,10 @@ impl Slots {
             return Ok(());
         }
         let patch = serde_json::json!({
-            "metadata": {"resourceVersion": l.metadata.resource_version},
+            "metadata": {
+                "resourceVersion": l.metadata.resource_version,
+                "annotations": {RELEASED_BY: self.me},
+            },
             "spec": {"holderIdentity": null, "renewTime": null, "acquireTime": null}
         });
         match self
@@ -308,6 +352,43 @@ mod tests {
         assert_eq!(holder(&lease(Some("n1"), 0, 10)), Some("n1"));
         assert_eq!(slot_index(&slot_name(7)), Some(7));
         assert_eq!(slot_index("other"), None);
+    }
+
+    fn names(k: usize) -> Vec<String> {
+        (0..k).map(|i| format!("n{i:02}")).collect()
+    }
+
+    #[test]
+    fn turns_go_round_the_ring_after_the_releaser() {
+        // One slot: everyone takes turns in name order.
+        let m = names(5);
+        assert_eq!(turn(&m, 1, 0, "n01", "n02"), Some(1));
+        assert_eq!(turn(&m, 1, 0, "n01", "n04"), Some(3));
+        assert_eq!(turn(&m, 1, 0, "n01", "n00"), Some(4));
+        // The releaser itself, waiting again, comes last.
+        assert_eq!(turn(&m, 1, 0, "n01", "n01"), Some(5));
+        // Not a member (yet, in a cached list): unknown.
+        assert_eq!(turn(&m, 1, 0, "n01", "new"), None);
+        assert_eq!(turn(&m, 1, 0, "gone", "n02"), None);
+        // Three slots over 10 nodes: slot 1 is preferred by n01, n04, n07.
+        let m = names(10);
+        assert_eq!(turn(&m, 3, 1, "n01", "n04"), Some(1));
+        assert_eq!(turn(&m, 3, 1, "n01", "n07"), Some(2));
+        assert_eq!(turn(&m, 3, 1, "n07", "n01"), Some(1));
+        // Released by a node that took it from another group (its steal pass).
+        assert_eq!(turn(&m, 3, 1, "n05", "n07"), Some(1));
+        assert_eq!(turn(&m, 3, 1, "n05", "n04"), Some(3));
+    }
+
+    #[test]
+    fn claim_delays_grow_with_each_doubling_of_the_turn() {
+        let s = Duration::from_secs(2);
+        let d: Vec<u64> = [1, 2, 3, 4, 5, 8, 9, 1000]
+            .iter()
+            .map(|&k| claim_delay(k, s).as_secs())
+            .collect();
+        assert_eq!(d, [0, 2, 4, 4, 6, 6, 8, 20]);
+        assert_eq!(claim_delay(0, s), Duration::ZERO);
     }
 
     #[test]

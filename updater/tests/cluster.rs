@@ -306,6 +306,22 @@ fn held_leases(s: &Store) -> usize {
     .count()
 }
 
+/// The nodes that took slot `slot`, in the order they took it (from the server's history).
+fn slot_holders(s: &Store, slot: &str) -> Vec<String> {
+    let (changes, complete) = s.changes(&LEASES);
+    assert!(complete, "the server's history dropped changes");
+    let holder = |o: &Value| util::str_at(o, "spec.holderIdentity").to_string();
+    changes
+        .iter()
+        .filter(|e| util::str_at(&e.obj, "metadata.name") == slot && !e.deleted)
+        .filter(|e| {
+            let h = holder(&e.obj);
+            !h.is_empty() && e.old.as_ref().is_none_or(|o| holder(o) != h)
+        })
+        .map(|e| holder(&e.obj))
+        .collect()
+}
+
 fn events_with_reason(s: &Store, reason: &str) -> Vec<Value> {
     s.list(&EVENTS, &Filter::default())
         .into_iter()
@@ -463,7 +479,17 @@ fn three_nodes_first_boot_status_then_on_demand_run_one_at_a_time() {
         );
         assert!(annotation(&node, ann::WORKLOADS_MOVED).starts_with('['));
     }
-    f.c.server.with_store(|s| assert_eq!(held_leases(s), 0));
+    f.slots_released();
+    // Turns: every node waited from the start, so each release went to the next node in
+    // name order after the one that released it (not to whichever claimed first).
+    let mut sorted = nodes.clone();
+    sorted.sort();
+    let holders = f.c.server.with_store(|s| slot_holders(s, "ospatch-slot-0"));
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    for w in holders.windows(2) {
+        let i = sorted.iter().position(|n| *n == w[0]).unwrap();
+        assert_eq!(w[1], sorted[(i + 1) % 3], "out of turn: {holders:?}");
+    }
     // Each step's Event is posted just after its annotation is written: the last node's
     // OSPatchIdle may still be on its way when the wait above sees the annotation.
     f.wait("an event of every step for every node", 10, |s| {

@@ -60,6 +60,9 @@ pub struct AgentOptions {
     pub drain_deadline: Duration,
     /// How often a waiting agent looks at every slot, not only its preferred one.
     pub steal_interval: Duration,
+    /// The step of the waiters' turns at a released slot ([`slots::claim_delay`]): the node
+    /// next in line claims at once, the ones behind it after one more step per doubling.
+    pub claim_stagger: Duration,
     /// How often the window check runs while a due node waits for its window (local only).
     pub window_check: Duration,
     /// Tests only: after recording this step the agent stops doing anything (as if it
@@ -84,6 +87,7 @@ impl AgentOptions {
             apply_deadline: Duration::from_secs(2 * 3600),
             drain_deadline: Duration::from_secs(3600),
             steal_interval: Duration::from_secs(30),
+            claim_stagger: Duration::from_secs(2),
             window_check: Duration::from_secs(60),
             freeze_after_step: None,
         }

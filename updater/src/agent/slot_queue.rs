@@ -113,6 +113,9 @@ impl Agent {
         let mut next_steal = tokio::time::Instant::now();
         // The lease version last tried, so a lost race is not retried on the same stale view.
         let mut tried: Option<Option<String>> = None;
+        // The released version of the preferred slot last seen, and when this node's turn at
+        // it comes (a release wakes every waiter; only the one next in line claims at once).
+        let mut turn_at: Option<(Option<String>, tokio::time::Instant)> = None;
         // Slots whose holder keeps them for now: not looked at again until then or a change.
         let mut not_yet = slots::NotYet::default();
         loop {
@@ -170,8 +173,24 @@ impl Agent {
                     .and_then(|l| l.metadata.resource_version.clone());
                 let mut not_before = lease.as_ref().and_then(slots::expires_at);
                 let later = not_yet.until(&preferred, lease.as_ref(), Utc::now());
+                let my_turn = match lease.as_ref().filter(|l| slots::holder(l).is_none()) {
+                    Some(l) => {
+                        if turn_at.as_ref().is_none_or(|(v, _)| *v != rv) {
+                            let k = slots::released_by(l)
+                                .and_then(|r| slots::turn(&names, n, rank % n, r, &self.opts.node));
+                            let wait = slots::claim_delay(k.unwrap_or(1), self.opts.claim_stagger);
+                            turn_at = Some((rv.clone(), tokio::time::Instant::now() + wait));
+                        }
+                        turn_at.as_ref().map(|t| t.1)
+                    }
+                    None => None,
+                };
                 if later.is_some() {
                     not_before = later;
+                } else if let Some(t) = my_turn.filter(|t| *t > tokio::time::Instant::now()) {
+                    // Released, and not this node's turn yet: the watch shows it taken, or
+                    // this node claims at its turn.
+                    wake = wake.min(t);
                 } else if free && tried != Some(rv.clone()) {
                     match self.claim(&preferred, lease.clone()).await? {
                         Ok(Some(a)) => return Ok(Some(a)),
