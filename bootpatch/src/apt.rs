@@ -296,6 +296,35 @@ pub fn point_release_of_base_files(version: &str) -> Option<String> {
         .then(|| format!("{major}.{}", update.trim_start_matches('0').max("0")))
 }
 
+impl Apt {
+    /// Packages dpkg has marked as needing a reinstall (its "reinstreq" flag;
+    /// `dpkg --audit` says they are "in a mess"), with the versions dpkg
+    /// records for them: `name=version`.
+    fn marked_for_reinstall(&self) -> Result<Vec<String>, Failure> {
+        let out = cmd::run_ok(
+            "listing packages dpkg marked for reinstallation",
+            Command::new("dpkg-query").envs(QUIET_ENV).args([
+                "-W",
+                "-f",
+                "${db:Status-Eflag} ${binary:Package} ${Version}\n",
+            ]),
+        )?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                match (f.next(), f.next(), f.next()) {
+                    (Some("reinstreq"), Some(name), Some(version)) => {
+                        Some(format!("{name}={version}"))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+}
+
 fn run_classified(step: &str, c: Command) -> Result<cmd::Output, Failure> {
     crate::backend::run_classified(step, c, classify)
 }
@@ -312,8 +341,8 @@ impl Backend for Apt {
         }
         (self.log)("dpkg was interrupted: finishing the interrupted operation");
         // Finishes what was unpacked but not configured. A package killed
-        // while unpacking is left half-installed, which this cannot fix
-        // (dpkg asks for a reinstall): apt does that below.
+        // while unpacking is marked for reinstallation, which this cannot
+        // fix (dpkg refuses to configure it): apt does that below.
         let configure = cmd::run(Command::new("dpkg").envs(QUIET_ENV).args([
             "--force-confdef",
             "--force-confold",
@@ -322,6 +351,25 @@ impl Backend for Apt {
         ]))?;
         if !configure.success() {
             (self.log)("dpkg --configure -a could not finish everything; reinstalling with apt");
+        }
+        // dpkg marks a package for reinstallation from the start of its
+        // unpack until the old files' backups are gone, which is after it
+        // records the new version. Cut in that last part, dpkg's record
+        // names the new version, and `apt-get -f install` then only tries
+        // to configure it, which dpkg refuses. apt reinstalls it when asked
+        // by name. (A package whose record still names the old version,
+        // which the sources may no longer have, is upgraded by -f install.)
+        let reinstall = self.marked_for_reinstall()?;
+        if !reinstall.is_empty() {
+            self.wait_locks()?;
+            let mut args = vec!["-y", "--reinstall", "install"];
+            args.extend(reinstall.iter().map(String::as_str));
+            if run_classified("reinstalling interrupted packages", self.apt_get(&args)).is_err() {
+                (self.log)(&format!(
+                    "could not reinstall {} as recorded; trying apt-get -f install",
+                    reinstall.join(", ")
+                ));
+            }
         }
         self.wait_locks()?;
         run_classified(

@@ -20,6 +20,7 @@ pub struct Pkg {
     pub conflicts: Option<String>,
     pub files: Vec<(String, String)>,
     pub conffiles: Vec<String>,
+    pub preinst: Option<String>,
     pub postinst: Option<String>,
 }
 
@@ -45,6 +46,10 @@ impl Pkg {
     }
     pub fn conflicts(mut self, c: &str) -> Pkg {
         self.conflicts = Some(c.into());
+        self
+    }
+    pub fn preinst(mut self, script: &str) -> Pkg {
+        self.preinst = Some(script.into());
         self
     }
     pub fn postinst(mut self, script: &str) -> Pkg {
@@ -80,10 +85,12 @@ impl Pkg {
         if !self.conffiles.is_empty() {
             std::fs::write(d.join("DEBIAN/conffiles"), self.conffiles.join("\n") + "\n").unwrap();
         }
-        if let Some(s) = &self.postinst {
-            let p = d.join("DEBIAN/postinst");
-            std::fs::write(&p, s).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (name, script) in [("preinst", &self.preinst), ("postinst", &self.postinst)] {
+            if let Some(s) = script {
+                let p = d.join("DEBIAN").join(name);
+                std::fs::write(&p, s).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
         }
         let deb = out.join(format!("{}_{}_all.deb", self.name, self.version));
         let mut c = Command::new("dpkg-deb");
@@ -97,6 +104,11 @@ impl Pkg {
 
 /// The reboot-required fixture's postinst, as a kernel package's hook does it.
 pub const REBOOT_POSTINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  touch /run/reboot-required\n  grep -qx bootpatch-fixture-kernel /run/reboot-required.pkgs 2>/dev/null || echo bootpatch-fixture-kernel >> /run/reboot-required.pkgs\nfi\n";
+
+/// The slow fixture's preinst: when /var/tmp/hold-unpack exists it signals
+/// /var/tmp/unpack-held and sleeps. dpkg has by then marked the package
+/// half-installed and to be reinstalled, as a power cut mid-unpack leaves it.
+pub const HOLD_PREINST: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = upgrade ] && [ -e /var/tmp/hold-unpack ]; then\n  rm -f /var/tmp/hold-unpack\n  touch /var/tmp/unpack-held\n  sleep 120\nfi\n";
 
 /// The slow fixture's postinst: when /var/tmp/hold-install exists it signals
 /// /var/tmp/install-held and sleeps, so a test can kill dpkg right there.
@@ -386,6 +398,7 @@ pub fn fixtures() -> &'static Fixtures {
                 .build(&v2dir),
             Pkg::new("bootpatch-fixture-slow", "2.0")
                 .file("/usr/share/bootpatch-fixture/slow", "2\n")
+                .preinst(HOLD_PREINST)
                 .postinst(HOLD_POSTINST)
                 .build(&v2dir),
             // Its upgrade would remove an installed package: an upgrade

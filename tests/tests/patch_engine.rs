@@ -354,7 +354,84 @@ fn unreachable_mirror_retries_until_the_deadline() {
 #[test]
 fn interrupted_dpkg_is_repaired_by_the_next_run() {
     let n = Node::new();
-    n.root.write("var/tmp/hold-install", "");
+    cut_power_at_hold(&n, "hold-install", "install-held");
+    assert_repaired_and_upgraded(&n);
+}
+
+/// A power cut while dpkg unpacks leaves the package half-installed and
+/// marked for reinstallation ("in a mess", says `dpkg --audit`), which
+/// `dpkg --configure -a` cannot finish.
+#[test]
+fn dpkg_killed_mid_unpack_is_repaired_by_the_next_run() {
+    let n = Node::new();
+    cut_power_at_hold(&n, "hold-unpack", "unpack-held");
+    let status = n.root.ok(&[
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${Status}",
+        "bootpatch-fixture-slow",
+    ]);
+    assert_eq!(status, "install reinstreq half-installed");
+    assert_repaired_and_upgraded(&n);
+}
+
+/// dpkg records the new version and "unpacked" before it removes the old
+/// files' backups, and clears the reinstall mark only after that. A cut in
+/// between leaves `install reinstreq unpacked` with the new version, which
+/// `apt-get -f install` only tries to configure and dpkg refuses. No
+/// maintainer script runs there to hold dpkg at, so the test unpacks the
+/// new version with dpkg and then sets the mark in dpkg's record itself, as
+/// dpkg leaves it at that moment.
+#[test]
+fn dpkg_cut_before_it_clears_the_reinstall_mark_is_repaired() {
+    let n = Node::new();
+    let v2 = fixtures()
+        .v2
+        .iter()
+        .find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("bootpatch-fixture-slow_")
+        })
+        .unwrap();
+    let deb = n.root.put(v2, "var/tmp/v2");
+    n.root.ok(&["dpkg", "--unpack", &deb]);
+    set_dpkg_status(&n, "bootpatch-fixture-slow", "install reinstreq unpacked");
+    let audit = n.root.ok(&["dpkg", "--audit"]);
+    assert!(audit.contains("in a mess"), "{audit}");
+    assert_repaired_and_upgraded(&n);
+}
+
+/// Rewrites the Status field of `package` in dpkg's status file.
+fn set_dpkg_status(n: &Node, package: &str, status: &str) {
+    let path = n.root.path("var/lib/dpkg/status");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::new();
+    for stanza in text.split_inclusive("\n\n") {
+        if stanza.starts_with(&format!("Package: {package}\n")) {
+            let fields: Vec<String> = stanza
+                .lines()
+                .map(|l| match l.strip_prefix("Status: ") {
+                    Some(_) => format!("Status: {status}"),
+                    None => l.to_string(),
+                })
+                .collect();
+            out += &(fields.join("\n") + "\n\n");
+        } else {
+            out += stanza;
+        }
+    }
+    assert_ne!(out, text, "{package} is not in dpkg's status file");
+    std::fs::write(&path, out).unwrap();
+}
+
+/// Starts `bootpatch apply` with the flag file `hold` set, waits for the
+/// fixture's maintainer script to signal `held`, then kills bootpatch, apt
+/// and dpkg at once, as a power cut does. dpkg is left mid-operation.
+fn cut_power_at_hold(n: &Node, hold: &str, held: &str) {
+    n.root.write(&format!("var/tmp/{hold}"), "");
     let mut child = {
         use std::os::unix::process::CommandExt;
         let mut c = n.root.command(&["bootpatch", "apply"]);
@@ -364,19 +441,21 @@ fn interrupted_dpkg_is_repaired_by_the_next_run() {
         c.spawn().unwrap()
     };
     let t = Instant::now();
-    while !n.root.path("var/tmp/install-held").exists() {
+    while !n.root.path(&format!("var/tmp/{held}")).exists() {
         assert!(
             t.elapsed() < Duration::from_secs(120),
-            "the install never reached the held postinst"
+            "the install never reached the maintainer script's hold ({hold})"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Power cut: kill bootpatch, apt-get and dpkg at once.
     bootpatch_e2e::kill_group(&child);
     child.wait().unwrap();
     let audit = n.root.ok(&["dpkg", "--audit"]);
     assert!(!audit.trim().is_empty(), "dpkg should be left mid-install");
+}
 
+/// The next run repairs dpkg, says so, and finishes the upgrade.
+fn assert_repaired_and_upgraded(n: &Node) {
     let out = n.bootpatch(&["apply", "--json"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
