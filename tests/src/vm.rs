@@ -291,6 +291,18 @@ write_files:
       systemctl poweroff
 "#;
 
+/// A cloud-config part that has dpkg print each status change of a package
+/// on the serial console (`status: base-files: half-installed`), so a test
+/// can act at a named moment of an install: dpkg hands its machine-readable
+/// status to the `status-logger` command.
+pub const DPKG_STATUS_ON_CONSOLE: &str = r#"#cloud-config
+write_files:
+  - path: /etc/dpkg/dpkg.cfg.d/bootpatch-test-status
+    content: |
+      # Test instrumentation: dpkg's status changes on the serial console.
+      status-logger "cat >/dev/ttyS0"
+"#;
+
 /// Multi-part user-data: the rendered document, then further cloud-config
 /// parts, merged into it by appending lists (bootcmd, write_files).
 pub fn multipart(rendered: &str, parts: &[&str]) -> String {
@@ -578,6 +590,37 @@ impl Guest {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until `texts` show on the guest's console in this order, each
+    /// after the one before. False when the guest stopped or `timeout`
+    /// passed first. It looks every 10 ms, so a test can cut the power close
+    /// to that moment.
+    pub fn wait_console(&mut self, texts: &[&str], timeout: Duration) -> bool {
+        let t = Instant::now();
+        let mut seen = Vec::new();
+        let mut log = None;
+        while t.elapsed() < timeout {
+            if log.is_none() {
+                log = std::fs::File::open(&self.serial).ok();
+            }
+            if let Some(f) = log.as_mut() {
+                let _ = std::io::Read::read_to_end(f, &mut seen);
+                let text = String::from_utf8_lossy(&seen);
+                let mut at = Some(0);
+                for want in texts {
+                    at = at.and_then(|a| text[a..].find(want).map(|i| a + i + want.len()));
+                }
+                if at.is_some() {
+                    return true;
+                }
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     /// Waits for `builder boot` to return: Ok(exit code) when the guest

@@ -53,15 +53,32 @@ fn values(key: &str, reboot: bool, patch_on_boot: bool) -> String {
 
 impl Case {
     fn new(kind: RepoKind, reboot: bool, patch_on_boot: bool) -> Case {
-        Case::make(kind, reboot, patch_on_boot, false)
+        Case::make(kind, reboot, patch_on_boot, false, &[])
     }
 
     /// A case whose patches hold a real kernel update (a new ABI package).
     fn with_kernel_update() -> Case {
-        Case::make(RepoKind::Signed, true, true, true)
+        Case::make(RepoKind::Signed, true, true, true, &[])
     }
 
-    fn make(kind: RepoKind, reboot: bool, patch_on_boot: bool, kernel: bool) -> Case {
+    /// A signed case whose guest prints dpkg's status changes on its console.
+    fn with_dpkg_status_on_console() -> Case {
+        Case::make(
+            RepoKind::Signed,
+            true,
+            true,
+            false,
+            &[vm::DPKG_STATUS_ON_CONSOLE],
+        )
+    }
+
+    fn make(
+        kind: RepoKind,
+        reboot: bool,
+        patch_on_boot: bool,
+        kernel: bool,
+        parts: &[&str],
+    ) -> Case {
         let image = vm::debian12_image();
         let dir = tempfile::Builder::new()
             .prefix("bootpatch-vm-")
@@ -85,7 +102,7 @@ impl Case {
         };
         let seed = vm::seed_for(
             &values(&trusted.armored, reboot, patch_on_boot),
-            &[],
+            parts,
             d,
             "case",
         );
@@ -338,22 +355,36 @@ fn tampered_repository_installs_nothing() {
 #[test]
 fn power_loss_during_install_recovers_without_reboot_loops() {
     let _shared = vm_slot(false);
-    // Cut the power at several points after the install starts (TCG makes
-    // dpkg slow enough for these to land in different places): at once,
-    // 1.5 s and 6 s into the install. Each cut costs a recovery boot
-    // and its reboot (about 5 minutes of one of the two guest slots), so CI
-    // takes three; BOOTPATCH_TEST_CUTS="0,700,1500,3000,6000" (say) takes
-    // more, or narrows them when debugging.
+    // Cut the power at named moments of the install: the guest prints dpkg's
+    // status changes on its console, and the cut follows the one named
+    // within milliseconds. An upgrade takes a package through half-configured
+    // and unpacked (the old one's prerm), half-installed (marked to be
+    // reinstalled; the new one's files go in), unpacked, half-configured (its
+    // postinst) and installed. By default the cuts come while base-files is
+    // half-installed, once it is unpacked, and while the kernel metapackage's
+    // postinst runs. Each cut costs a recovery boot and its reboot (about 2
+    // minutes of one of the two guest slots).
+    //
+    // BOOTPATCH_TEST_CUTS takes other cuts, comma-separated: dpkg status
+    // texts, each after the one before it ("a > b"), then "+MS" to wait MS
+    // milliseconds more; or MS alone, after the install started:
+    // BOOTPATCH_TEST_CUTS="0,1500,base-files: half-installed+300" (say).
     //
     // The guest boots once, up to bootpatch announcing the install, and its
     // running state is saved there (`builder boot --save-state`). Each cut
-    // resumes that state on its own overlay of the saved disk, lets it run
-    // for the cut's delay and kills it: the same moments as a cold boot per
-    // cut would reach, for the price of one.
-    let cuts: Vec<u64> = std::env::var("BOOTPATCH_TEST_CUTS")
-        .map(|v| v.split(',').map(|x| x.trim().parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![0, 1500, 6000]);
-    let c = Case::new(RepoKind::Signed, true, true);
+    // resumes that state on its own overlay of the saved disk and kills it
+    // at its moment: the same moments a cold boot per cut would reach, for
+    // the price of one.
+    let cuts: Vec<String> = std::env::var("BOOTPATCH_TEST_CUTS")
+        .map(|v| v.split(',').map(|x| x.trim().to_string()).collect())
+        .unwrap_or_else(|_| {
+            vec![
+                "base-files: half-installed".into(),
+                "base-files: half-installed > base-files: unpacked".into(),
+                format!("{KERNEL_META}: half-installed > {KERNEL_META}: half-configured"),
+            ]
+        });
+    let c = Case::with_dpkg_status_on_console();
     let saved = c.dir.path().join("pre-install");
     let marker = "upgrading 2 package(s)";
     let (code, err) = c
@@ -372,11 +403,31 @@ fn power_loss_during_install_recovers_without_reboot_loops() {
         "the install never started, or its state was not saved ({code}): {err}\n{}",
         tail(&console)
     );
-    for (i, delay_ms) in cuts.into_iter().enumerate() {
+    for (i, cut) in cuts.iter().enumerate() {
         let disk = c.dir.path().join(format!("cut-{i}.qcow2"));
         vm::overlay_qcow2(&c.disk, &disk);
-        let g = c.start_as(vm::Start::Resume { dir: &saved }, &disk, 110 + i);
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let mut g = c.start_as(vm::Start::Resume { dir: &saved }, &disk, 110 + i);
+        // TEXT, MS or TEXT+MS: MS milliseconds after dpkg reported TEXT.
+        let (text, ms) = match cut.rsplit_once('+') {
+            Some((t, ms)) if ms.parse::<u64>().is_ok() => (t, ms.parse().unwrap()),
+            _ => match cut.parse::<u64>() {
+                Ok(ms) => ("", ms),
+                Err(_) => (cut.as_str(), 0),
+            },
+        };
+        if !text.is_empty() {
+            let texts: Vec<String> = text
+                .split('>')
+                .map(|t| format!("status: {}", t.trim()))
+                .collect();
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            assert!(
+                g.wait_console(&texts, BOOT_TIMEOUT),
+                "cut {i}: dpkg never reported `{text}`\n{}",
+                tail(&std::fs::read_to_string(c.serial(110 + i)).unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(ms));
         g.power_cut();
         let (r, console) = c.boot_disk(&disk, 200 + i);
         assert!(
@@ -384,14 +435,27 @@ fn power_loss_during_install_recovers_without_reboot_loops() {
             "cut {i}: reboot loop ({} boots)",
             vm::boots(&console)
         );
-        assert_eq!(r.audit.trim(), "", "cut {i}: dpkg --audit not clean");
+        // What the cut run and the recovery boot printed, and the state.
+        let seen = || {
+            format!(
+                "\n--- cut run ({cut})\n{}\n--- recovery boot\n{}\n--- state\n{}\n--- unit\n{}",
+                tail(&std::fs::read_to_string(c.serial(110 + i)).unwrap_or_default()),
+                tail(&console),
+                r.state,
+                r.unit
+            )
+        };
+        assert_eq!(
+            r.audit.trim(),
+            "",
+            "cut {i}: dpkg --audit not clean{}",
+            seen()
+        );
         assert_eq!(
             r.debian_version,
             c.point,
-            "cut {i}: not patched after the cut\n--- cut run\n{}\n--- recovery boot\n{}\n{}",
-            tail(&std::fs::read_to_string(c.serial(110 + i)).unwrap_or_default()),
-            tail(&console),
-            r.state
+            "cut {i}: not patched after the cut{}",
+            seen()
         );
         // A cut after dpkg finished but before bootpatch recorded the run
         // leaves nothing for the next run to do: it says up-to-date.
