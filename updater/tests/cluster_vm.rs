@@ -380,12 +380,21 @@ impl Drop for Run {
     }
 }
 
-/// Splits a run of the VM node from the samples: the time each step began.
-fn step_times(samples: &[Sample]) -> Vec<(String, Duration)> {
+/// The VM node's steps from `since` on, as the API server committed them: the
+/// time (from `t0`) each began, read from the Node's write history. A step
+/// that lasts less than the samples' 250 ms (drained; uncordoned, one write
+/// before idle) is there too.
+fn step_times(c: &Cluster, t0: Instant, since: Duration) -> Vec<(String, Duration)> {
+    let (changes, complete) = c.server.with_store(|s| s.changes(&NODES));
+    assert!(complete, "the server's history dropped changes");
     let mut out: Vec<(String, Duration)> = Vec::new();
-    for s in samples {
-        if out.last().is_none_or(|(st, _)| *st != s.vm_step) {
-            out.push((s.vm_step.clone(), s.at));
+    for e in changes.iter().filter(|e| e.obj["metadata"]["name"] == NODE) {
+        let at = e.at.saturating_duration_since(t0);
+        let step = e.obj["metadata"]["annotations"][ann::STEP]
+            .as_str()
+            .unwrap_or_default();
+        if at >= since && out.last().is_none_or(|(st, _)| st != step) {
+            out.push((step.to_string(), at));
         }
     }
     out
@@ -738,15 +747,26 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
         s.iter().any(|x| x.vm_cordoned),
         "the VM node was never seen cordoned"
     );
-    let steps = step_times(&s);
+    let steps = step_times(&c, t0, asked);
     eprintln!("cluster_vm: VM node steps after `ospatch now` at {asked:?}: {steps:?}");
-    // (drained lasts well under the 250 ms between samples: it is not always seen.)
-    for want in ["cordoned", "patching", "rebooting", "uncordoned"] {
-        assert!(
-            steps.iter().any(|(st, _)| st == want),
-            "step {want} never seen: {steps:?}"
-        );
-    }
+    let seq: Vec<&str> = steps
+        .iter()
+        .map(|(st, _)| st.as_str())
+        .skip_while(|st| *st != "slot-held")
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "slot-held",
+            "cordoned",
+            "drained",
+            "patching",
+            "rebooting",
+            "uncordoned",
+            "idle"
+        ],
+        "the VM node's steps: {steps:?}"
+    );
     let at = |st: &str| {
         steps
             .iter()
@@ -754,13 +774,8 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
             .map(|(_, t)| *t)
             .unwrap()
     };
-    // The slot is taken once `bootpatch check` has found patches (slot-held may pass between
-    // two samples: then the cordon is the first step seen).
-    let took = steps
-        .iter()
-        .find(|(x, _)| x == "slot-held" || x == "cordoned")
-        .map(|(_, t)| *t)
-        .unwrap();
+    // The slot is taken once `bootpatch check` has found patches.
+    let took = at("slot-held");
     eprintln!(
         "cluster_vm: ospatch now -> uncordoned {:.1} s: check {:.1}, slot+cordon+drain {:.1}, apply {:.1}, reboot+Ready {:.1}, uncordon {:.1}",
         (done - asked).as_secs_f64(),
