@@ -30,11 +30,14 @@ fn heavy() -> MutexGuard<'static, ()> {
 }
 
 fn builder(args: &[&str]) -> Output {
-    let out = Command::new(bootpatch_e2e::images::builder_bin())
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("running builder");
+    let mut c = Command::new(bootpatch_e2e::images::builder_bin());
+    c.args(args);
+    // Its guests boot one at a time, with both cores unless the runner
+    // boots another binary's guests beside them.
+    if args.first() == Some(&"boot") {
+        c.arg("--cpus").arg(bootpatch_e2e::vm::lone_guest_cpus());
+    }
+    let out = c.current_dir(repo()).output().expect("running builder");
     eprintln!(
         "builder {}: {}\n{}",
         args.join(" "),

@@ -291,6 +291,18 @@ write_files:
       systemctl poweroff
 "#;
 
+/// Virtual CPUs for a guest that boots alone in its test binary: both cores,
+/// since a lone guest boots faster with two (see [`Guest::start_as`]),
+/// unless the test runner runs another binary's guest beside it and says
+/// how many in BOOTPATCH_TEST_GUEST_CPUS (scripts/run-tests sets 1).
+pub fn lone_guest_cpus() -> String {
+    match std::env::var("BOOTPATCH_TEST_GUEST_CPUS") {
+        Ok(n) if n.parse::<u32>().is_ok_and(|n| n > 0) => n,
+        Ok(n) => panic!("BOOTPATCH_TEST_GUEST_CPUS: {n:?} is not a positive number"),
+        Err(_) => "2".into(),
+    }
+}
+
 /// A cloud-config part that has dpkg print each status change of a package
 /// on the serial console (`status: base-files: half-installed`), so a test
 /// can act at a named moment of an install: dpkg hands its machine-readable

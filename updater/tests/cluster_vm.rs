@@ -542,14 +542,15 @@ fn agent_patches_and_reboots_a_real_node_in_podman() {
     let disk = d.join("node.qcow2");
     vm::overlay(&raw, &disk);
     let serial = d.join("serial.log");
-    // The only guest of its test binary: both virtual CPUs (a lone guest boots faster so).
+    // The only guest of its test binary: both virtual CPUs (a lone guest boots faster so),
+    // unless the runner boots another binary's guests beside it.
     let forward = vec![
         "--forward".to_string(),
         format!("{API_PORT}:{}", c.server.addr().port()),
         "--forward".to_string(),
         format!("{REPO_PORT}:{}", http.port),
         "--cpus".to_string(),
-        "2".to_string(),
+        vm::lone_guest_cpus(),
     ];
     let samples = Arc::new(Mutex::new(Vec::new()));
     {
